@@ -1,0 +1,253 @@
+//! The status table and its history: recording an application, changing its status, and
+//! reading it back as a clerk sees it (CONTRACT §3, masked).
+//!
+//! Every status change goes through [`transition`] (or [`insert_received`] for the first),
+//! which writes the history row and enqueues the status event in the caller's transaction.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::amqp::Outgoing;
+use crate::domain::{Kind, Reason, Status, mask_identification_number, mask_phone};
+use crate::messages::StatusEvent;
+use crate::outbox;
+use crate::topology::EVENTS_EXCHANGE;
+
+/// A new application, as the intake records it.
+#[derive(Debug, Clone)]
+pub struct NewApplication<'a> {
+    /// Id.
+    pub application_id: Uuid,
+    /// Kind, when readable.
+    pub kind: Option<Kind>,
+    /// Issuing service, when valid.
+    pub issuing_service: Option<&'a str>,
+    /// SHA-256 of the canonical JSON of the message (duplicate detection).
+    pub content_sha256: &'a [u8],
+    /// The application (normalised when valid).
+    pub payload: &'a Value,
+}
+
+/// What happened to an insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// A new row.
+    New,
+    /// The id exists with the same content.
+    Identical,
+    /// The id exists with different content.
+    Conflict,
+}
+
+/// Records a new application as `received` (history row and event included), or says why not.
+pub async fn insert_received(
+    conn: &mut PgConnection,
+    application: &NewApplication<'_>,
+    step: &str,
+) -> sqlx::Result<Inserted> {
+    let inserted = sqlx::query(
+        "INSERT INTO applications (application_id, kind, status, issuing_service, content_sha256, payload)
+         VALUES ($1, $2, 'received', $3, $4, $5)
+         ON CONFLICT (application_id) DO NOTHING",
+    )
+    .bind(application.application_id)
+    .bind(application.kind.map(Kind::as_str))
+    .bind(application.issuing_service)
+    .bind(application.content_sha256)
+    .bind(application.payload)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        let existing: Vec<u8> =
+            sqlx::query_scalar("SELECT content_sha256 FROM applications WHERE application_id = $1")
+                .bind(application.application_id)
+                .fetch_one(&mut *conn)
+                .await?;
+        return Ok(if existing == application.content_sha256 {
+            Inserted::Identical
+        } else {
+            Inserted::Conflict
+        });
+    }
+    append_history(
+        conn,
+        application.application_id,
+        Status::Received,
+        step,
+        None,
+    )
+    .await?;
+    let event = StatusEvent {
+        event_id: Uuid::new_v4(),
+        application_id: application.application_id,
+        kind: application.kind,
+        issuing_service: application.issuing_service.map(str::to_owned),
+        status: Status::Received,
+        previous_status: None,
+        step: step.to_owned(),
+        reason: None,
+        at: Utc::now(),
+    };
+    enqueue_event(conn, &event).await?;
+    Ok(Inserted::New)
+}
+
+/// Moves an application to `to`, with history and event. Returns the previous status.
+pub async fn transition(
+    conn: &mut PgConnection,
+    application_id: Uuid,
+    to: Status,
+    step: &str,
+    reason: Option<&Reason>,
+    detail: Option<&str>,
+) -> sqlx::Result<Status> {
+    let row = sqlx::query(
+        "SELECT status, kind, issuing_service FROM applications WHERE application_id = $1 FOR UPDATE",
+    )
+    .bind(application_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let previous =
+        Status::parse(row.get("status")).expect("the status column holds contract statuses");
+    let kind: Option<String> = row.get("kind");
+    let reason_json = reason.map(|r| serde_json::to_value(r).expect("a reason serialises"));
+    sqlx::query(
+        "UPDATE applications SET status = $2, reason = $3, updated_at = clock_timestamp()
+         WHERE application_id = $1",
+    )
+    .bind(application_id)
+    .bind(to.as_str())
+    .bind(&reason_json)
+    .execute(&mut *conn)
+    .await?;
+    let detail = detail.or(reason.map(|r| r.detail.as_str()));
+    append_history(conn, application_id, to, step, detail).await?;
+    let event = StatusEvent {
+        event_id: Uuid::new_v4(),
+        application_id,
+        kind: kind.as_deref().and_then(Kind::parse),
+        issuing_service: row.get("issuing_service"),
+        status: to,
+        previous_status: Some(previous),
+        step: step.to_owned(),
+        reason: reason.cloned(),
+        at: Utc::now(),
+    };
+    enqueue_event(conn, &event).await?;
+    Ok(previous)
+}
+
+async fn append_history(
+    conn: &mut PgConnection,
+    application_id: Uuid,
+    status: Status,
+    step: &str,
+    detail: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO application_history (application_id, status, step, detail) VALUES ($1, $2, $3, $4)")
+        .bind(application_id)
+        .bind(status.as_str())
+        .bind(step)
+        .bind(detail)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn enqueue_event(conn: &mut PgConnection, event: &StatusEvent) -> sqlx::Result<()> {
+    let message = Outgoing {
+        exchange: EVENTS_EXCHANGE.into(),
+        routing_key: format!("application.{}", event.status.as_str()),
+        message_id: Some(event.event_id.to_string()),
+        content_type: Some("application/json".into()),
+        headers: serde_json::json!({}),
+        body: serde_json::to_vec(event).expect("an event serialises"),
+        // Nobody may be listening to events; that is not an error.
+        mandatory: false,
+    };
+    outbox::enqueue(conn, &message).await
+}
+
+/// One history entry as returned (CONTRACT §3).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The status after the change.
+    pub status: String,
+    /// The step that made it.
+    pub step: String,
+    /// Why, or what else happened.
+    pub detail: Option<String>,
+}
+
+/// An application as a clerk sees it: personal data masked (CONTRACT §3).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApplicationView {
+    /// Id.
+    pub application_id: Uuid,
+    /// Kind (null when unreadable).
+    pub kind: Option<String>,
+    /// Status.
+    pub status: String,
+    /// Reason, for `rejected`/`failed`.
+    pub reason: Option<Value>,
+    /// Issuing service code.
+    pub issuing_service: Option<String>,
+    /// Masked identification number, e.g. `3140385A***PB5`.
+    pub identification_number: Option<String>,
+    /// Masked phone, e.g. `+37529***4567`.
+    pub phone: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Every status change, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Loads an application and its history; `None` if unknown.
+pub async fn load_view(
+    conn: &mut PgConnection,
+    application_id: Uuid,
+) -> sqlx::Result<Option<ApplicationView>> {
+    let Some(row) = sqlx::query(
+        "SELECT application_id, kind, status, reason, issuing_service, payload, created_at, updated_at
+         FROM applications WHERE application_id = $1",
+    )
+    .bind(application_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let history = sqlx::query(
+        "SELECT at, status, step, detail FROM application_history WHERE application_id = $1 ORDER BY id",
+    )
+    .bind(application_id)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|h| HistoryEntry { at: h.get("at"), status: h.get("status"), step: h.get("step"), detail: h.get("detail") })
+    .collect();
+    let payload: Value = row.get("payload");
+    Ok(Some(ApplicationView {
+        application_id: row.get("application_id"),
+        kind: row.get("kind"),
+        status: row.get("status"),
+        reason: row.get("reason"),
+        issuing_service: row.get("issuing_service"),
+        identification_number: payload
+            .pointer("/applicant/identification_number")
+            .and_then(Value::as_str)
+            .map(mask_identification_number),
+        phone: payload.get("phone").and_then(Value::as_str).map(mask_phone),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        history,
+    }))
+}

@@ -1,0 +1,333 @@
+//! Configuration: one `Settings` tree read from the environment (CONTRACT §8), validated once.
+//!
+//! A `.env` file in the working directory may add variables; the real environment wins.
+//! Every error names the variable, what is wrong and how to fix it, in one line, so that
+//! `main` can print it and exit non-zero. Nothing else in the crate reads the environment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+/// Default of `AMQP_URL` (CONTRACT §2).
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Default of `DATABASE_URL` (CONTRACT §8).
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/uidflow";
+/// Default of `API_ADDR`.
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8080";
+/// Default of `RETRY_DELAYS`: 6 attempts in all.
+pub const DEFAULT_RETRY_DELAYS: &str = "1s,5s,30s,2m,10m";
+
+/// A configuration problem, phrased for the person starting the process.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+/// Log output format (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything the system is wired to. Built once in `main` and passed down.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// RabbitMQ URL; secret because it may hold a password.
+    pub amqp_url: SecretString,
+    /// PostgreSQL URL; secret because it may hold a password.
+    pub database_url: SecretString,
+    /// Where the HTTP API listens.
+    pub api_addr: SocketAddr,
+    /// The MVD verification service; `None` means the built-in simulator.
+    pub mvd_url: Option<Url>,
+    /// The SMS gateway; `None` means the built-in simulator.
+    pub sms_url: Option<Url>,
+    /// TOML file of API tokens; `None` means local tokens are generated.
+    pub api_tokens_file: Option<PathBuf>,
+    /// Waits between attempts of a step that failed transiently.
+    pub retry_delays: Vec<Duration>,
+    /// How long a phone-confirmation code is valid.
+    pub phone_code_ttl: Duration,
+    /// How long a temporary password is valid.
+    pub temp_password_ttl: Duration,
+    /// Timeout of one call to the MVD or the SMS gateway.
+    pub http_timeout: Duration,
+    /// Log output format.
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Reads the process environment, after loading `.env` if present.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        // A missing .env is normal; a broken one is an error worth one line.
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(error) if error.not_found() => {}
+            Err(error) => {
+                return Err(ConfigError {
+                    variable: ".env",
+                    problem: format!("cannot read the .env file ({error}); fix or remove it"),
+                });
+            }
+        }
+        Self::from_map(&std::env::vars().collect())
+    }
+
+    /// Builds settings from a map of variables (the environment, or a test's own values).
+    pub fn from_map(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+
+        let amqp_url = get("AMQP_URL").unwrap_or(DEFAULT_AMQP_URL);
+        check_url("AMQP_URL", amqp_url, &["amqp", "amqps"])?;
+        let database_url = get("DATABASE_URL").unwrap_or(DEFAULT_DATABASE_URL);
+        let parsed_db = check_url("DATABASE_URL", database_url, &["postgres", "postgresql"])?;
+        if parsed_db.path().trim_start_matches('/').is_empty() {
+            return Err(ConfigError {
+                variable: "DATABASE_URL",
+                problem:
+                    "names no database; add one, e.g. postgres://postgres@127.0.0.1:5432/uidflow"
+                        .into(),
+            });
+        }
+        let api_addr_text = get("API_ADDR").unwrap_or(DEFAULT_API_ADDR);
+        let api_addr = api_addr_text.parse().map_err(|_| ConfigError {
+            variable: "API_ADDR",
+            problem: format!(
+                "{api_addr_text:?} is not a socket address; write it like 127.0.0.1:8080"
+            ),
+        })?;
+        let mvd_url = get("MVD_URL")
+            .map(|v| check_url("MVD_URL", v, &["http", "https"]))
+            .transpose()?;
+        let sms_url = get("SMS_URL")
+            .map(|v| check_url("SMS_URL", v, &["http", "https"]))
+            .transpose()?;
+        let api_tokens_file = get("API_TOKENS_FILE").map(PathBuf::from);
+        if let Some(path) = &api_tokens_file
+            && !path.is_file()
+        {
+            return Err(ConfigError {
+                variable: "API_TOKENS_FILE",
+                problem: format!(
+                    "{} is not a readable file; point it at the TOML token file or unset it",
+                    path.display()
+                ),
+            });
+        }
+        let retry_delays = parse_duration_list(
+            "RETRY_DELAYS",
+            get("RETRY_DELAYS").unwrap_or(DEFAULT_RETRY_DELAYS),
+        )?;
+        let log_format = match get("LOG_FORMAT").unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError {
+                    variable: "LOG_FORMAT",
+                    problem: format!("{other:?} is not a log format; use text or json"),
+                });
+            }
+        };
+        Ok(Self {
+            amqp_url: amqp_url.into(),
+            database_url: database_url.into(),
+            api_addr,
+            mvd_url,
+            sms_url,
+            api_tokens_file,
+            retry_delays,
+            phone_code_ttl: parse_duration_var("PHONE_CODE_TTL", get("PHONE_CODE_TTL"), "10m")?,
+            temp_password_ttl: parse_duration_var(
+                "TEMP_PASSWORD_TTL",
+                get("TEMP_PASSWORD_TTL"),
+                "72h",
+            )?,
+            http_timeout: parse_duration_var("HTTP_TIMEOUT", get("HTTP_TIMEOUT"), "10s")?,
+            log_format,
+        })
+    }
+
+    /// The AMQP URL with any password replaced by `***`, for messages and logs.
+    pub fn amqp_url_redacted(&self) -> String {
+        redact_url(self.amqp_url.expose_secret())
+    }
+
+    /// The database URL with any password replaced by `***`, for messages and logs.
+    pub fn database_url_redacted(&self) -> String {
+        redact_url(self.database_url.expose_secret())
+    }
+}
+
+/// Replaces the password of a URL with `***`; an unparsable URL is hidden whole.
+pub fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "<unparsable url>".into(),
+    }
+}
+
+fn check_url(variable: &'static str, value: &str, schemes: &[&str]) -> Result<Url, ConfigError> {
+    let url = Url::parse(value).map_err(|error| ConfigError {
+        variable,
+        problem: format!(
+            "{} is not a URL ({error}); write it like {}://host:port/…",
+            redact_url(value),
+            schemes[0]
+        ),
+    })?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(ConfigError {
+            variable,
+            problem: format!(
+                "scheme {:?} is not supported; use {}",
+                url.scheme(),
+                schemes.join(" or ")
+            ),
+        });
+    }
+    Ok(url)
+}
+
+/// Parses a duration written like `250ms`, `5s`, `2m`, `72h` (CONTRACT §8), via `humantime`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    humantime::parse_duration(text.trim()).ok()
+}
+
+/// Writes a duration compactly (`1s`, `2m`, `250ms`), as used in queue names.
+pub fn format_duration(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
+
+fn parse_duration_var(
+    variable: &'static str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let text = value.unwrap_or(default);
+    match parse_duration(text) {
+        Some(duration) if !duration.is_zero() => Ok(duration),
+        _ => Err(ConfigError {
+            variable,
+            problem: format!(
+                "{text:?} is not a positive duration; write it like 250ms, 5s, 2m or 72h"
+            ),
+        }),
+    }
+}
+
+fn parse_duration_list(variable: &'static str, text: &str) -> Result<Vec<Duration>, ConfigError> {
+    let mut delays = Vec::new();
+    for part in text.split(',') {
+        delays.push(parse_duration_var(variable, Some(part.trim()), "")?);
+    }
+    if delays.len() > 20 {
+        return Err(ConfigError {
+            variable,
+            problem: format!("{} delays is too many; give at most 20", delays.len()),
+        });
+    }
+    Ok(delays)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from_map(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let s = settings(&[]).expect("defaults are valid");
+        assert_eq!(s.amqp_url.expose_secret(), DEFAULT_AMQP_URL);
+        assert_eq!(s.database_url.expose_secret(), DEFAULT_DATABASE_URL);
+        assert_eq!(s.api_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.retry_delays.len(), 5);
+        assert_eq!(s.retry_delays[4], Duration::from_secs(600));
+        assert_eq!(s.phone_code_ttl, Duration::from_secs(600));
+        assert_eq!(s.temp_password_ttl, Duration::from_secs(72 * 3600));
+        assert_eq!(s.http_timeout, Duration::from_secs(10));
+        assert!(s.mvd_url.is_none() && s.sms_url.is_none());
+    }
+
+    #[test]
+    fn durations_parse_in_every_unit_of_the_contract() {
+        for (text, millis) in [
+            ("250ms", 250),
+            ("5s", 5_000),
+            ("2m", 120_000),
+            ("72h", 259_200_000),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Some(Duration::from_millis(millis)),
+                "{text}"
+            );
+        }
+        for (millis, text) in [
+            (250, "250ms"),
+            (1_000, "1s"),
+            (120_000, "2m"),
+            (600_000, "10m"),
+        ] {
+            assert_eq!(format_duration(Duration::from_millis(millis)), text);
+        }
+        for bad in ["", "5", "s", "-1s", "5x", "1.5.2s"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn each_bad_variable_is_named_with_a_fix() {
+        for (var, value, needle) in [
+            ("AMQP_URL", "http://x", "use amqp or amqps"),
+            ("AMQP_URL", "not a url", "is not a URL"),
+            ("DATABASE_URL", "postgres://h:5432", "names no database"),
+            ("API_ADDR", "localhost", "socket address"),
+            ("RETRY_DELAYS", "1s,5x", "positive duration"),
+            ("PHONE_CODE_TTL", "0s", "positive duration"),
+            ("MVD_URL", "ftp://x", "use http or https"),
+            ("LOG_FORMAT", "xml", "text or json"),
+            (
+                "API_TOKENS_FILE",
+                "/no/such/file.toml",
+                "not a readable file",
+            ),
+        ] {
+            let error = settings(&[(var, value)]).expect_err(var);
+            assert_eq!(error.variable, var);
+            assert!(error.to_string().contains(needle), "{error}");
+        }
+    }
+
+    #[test]
+    fn passwords_never_show_in_redacted_urls() {
+        let s = settings(&[("AMQP_URL", "amqp://user:s3cret@host:5672/%2f")]).unwrap();
+        assert!(!s.amqp_url_redacted().contains("s3cret"));
+        assert!(!format!("{s:?}").contains("s3cret"));
+        let bad = settings(&[("DATABASE_URL", "http://u:s3cret@h/db")]).unwrap_err();
+        assert!(!bad.to_string().contains("s3cret"), "{bad}");
+    }
+}

@@ -1,0 +1,212 @@
+//! The consume loop every uidflow consumer shares: connect, `basic_qos(prefetch)`, consume with
+//! manual acks, run the handler on each delivery concurrently (up to `prefetch` in flight), ack
+//! only after the handler returned (that is, after its transaction committed), reconnect with
+//! backoff when the broker or the database fails, and stop cleanly on cancellation.
+//!
+//! A handler error means "this process cannot work right now" (database down, broker gone):
+//! the loop drops the connection, so every unacked delivery goes back to the queue, waits, and
+//! starts over. Deciding what a bad message means is the handler's job, not an error.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::{connect_once, headers_to_json};
+use crate::config::Settings;
+use crate::outbox::pause;
+use crate::retry::Policy;
+
+/// How long in-flight deliveries may take to finish on shutdown before the connection closes
+/// (unfinished ones stay unacked and are redelivered).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// One delivery, in our own terms (no `lapin` type reaches a handler).
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Body, byte for byte.
+    pub body: Vec<u8>,
+    /// Routing key it was published with.
+    pub routing_key: String,
+    /// The `message_id` property.
+    pub message_id: Option<String>,
+    /// The `content_type` property.
+    pub content_type: Option<String>,
+    /// Headers as JSON (see `amqp::headers_to_json`).
+    pub headers: Value,
+    /// The broker's redelivered flag.
+    pub redelivered: bool,
+    /// When this process received it.
+    pub received_at: DateTime<Utc>,
+}
+
+impl Message {
+    fn from_delivery(delivery: &Delivery) -> Self {
+        let properties = &delivery.properties;
+        Self {
+            body: delivery.data.clone(),
+            routing_key: delivery.routing_key.as_str().to_owned(),
+            message_id: properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str().to_owned()),
+            content_type: properties
+                .content_type()
+                .as_ref()
+                .map(|s| s.as_str().to_owned()),
+            headers: headers_to_json(properties.headers().as_ref()),
+            redelivered: delivery.redelivered,
+            received_at: Utc::now(),
+        }
+    }
+}
+
+/// What the handler wants done with the delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Its effects are committed: ack it.
+    Ack,
+    /// Fault injection for tests: behave as if the process died right now (drop the
+    /// connection without acking).
+    Crash,
+}
+
+/// A consumer's business logic.
+pub trait Handler: Send + Sync + 'static {
+    /// Processes one message. `Err` = this process cannot work now (see the module docs).
+    fn handle(&self, message: &Message) -> impl Future<Output = anyhow::Result<Handled>> + Send;
+}
+
+/// Where and how to consume.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Names the connection (`uidflow-<role>`) and the log lines.
+    pub role: &'static str,
+    /// Queue to consume.
+    pub queue: String,
+    /// Unacked deliveries at once (= concurrency).
+    pub prefetch: u16,
+}
+
+/// Runs the consumer until `token` is cancelled.
+pub async fn run<H: Handler>(
+    settings: Settings,
+    config: ConsumerConfig,
+    handler: Arc<H>,
+    token: CancellationToken,
+) {
+    let mut delays = Policy::RECONNECT.delays();
+    while !token.is_cancelled() {
+        match session(&settings, &config, &handler, &token).await {
+            Ok(()) => return,
+            Err(SessionEnd { worked, error }) => {
+                if worked {
+                    delays.reset();
+                }
+                tracing::warn!(role = config.role, queue = %config.queue, error = format!("{error:#}"), "consumer stopped; reconnecting");
+                if !pause(&token, delays.next_delay()).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct SessionEnd {
+    /// True if the session got as far as consuming (so the backoff can start over).
+    worked: bool,
+    error: anyhow::Error,
+}
+
+async fn session<H: Handler>(
+    settings: &Settings,
+    config: &ConsumerConfig,
+    handler: &Arc<H>,
+    token: &CancellationToken,
+) -> Result<(), SessionEnd> {
+    let early = |error: anyhow::Error| SessionEnd {
+        worked: false,
+        error,
+    };
+    let connection = connect_once(settings, config.role)
+        .await
+        .map_err(|e| early(e.into()))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| early(e.into()))?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| early(e.into()))?;
+    let mut consumer = channel
+        .basic_consume(
+            config.queue.as_str().into(),
+            format!("uidflow-{}-{}", config.role, uuid::Uuid::new_v4()).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| early(e.into()))?;
+    tracing::info!(role = config.role, queue = %config.queue, prefetch = config.prefetch, "consuming");
+    let mut in_flight: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let failed = |error: anyhow::Error| SessionEnd {
+        worked: true,
+        error,
+    };
+    let outcome = loop {
+        tokio::select! {
+            _ = token.cancelled() => break Ok(()),
+            next = consumer.next() => match next {
+                None => break Err(failed(anyhow::anyhow!("the broker ended the consumer"))),
+                Some(Err(error)) => break Err(failed(error.into())),
+                Some(Ok(delivery)) => {
+                    let handler = Arc::clone(handler);
+                    in_flight.spawn(async move { process(&*handler, delivery).await });
+                }
+            },
+            Some(done) = in_flight.join_next() => {
+                if let Err(error) = done.unwrap_or_else(|panic| Err(anyhow::anyhow!("handler panicked: {panic}"))) {
+                    break Err(failed(error));
+                }
+            }
+        }
+    };
+    match outcome {
+        Ok(()) => {
+            // Stop taking deliveries, let in-flight work finish, then close.
+            let _ = channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await;
+            let drain = async { while in_flight.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, drain).await;
+            let _ = connection.close(200, "shutting down".into()).await;
+            Ok(())
+        }
+        Err(end) => {
+            // Dropping the connection returns every unacked delivery to the queue.
+            in_flight.abort_all();
+            let _ = connection.close(320, "consumer restarting".into()).await;
+            Err(end)
+        }
+    }
+}
+
+async fn process<H: Handler>(handler: &H, delivery: Delivery) -> anyhow::Result<()> {
+    let message = Message::from_delivery(&delivery);
+    match handler.handle(&message).await? {
+        Handled::Ack => {
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            Ok(())
+        }
+        Handled::Crash => Err(anyhow::anyhow!("simulated crash between commit and ack")),
+    }
+}

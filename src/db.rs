@@ -1,0 +1,84 @@
+//! PostgreSQL: the pool, the embedded migrations, and creating the database when missing.
+//!
+//! Queries live next to what they serve (`applications`, `outbox`, `dead_letters`); each takes
+//! an `&mut PgConnection` so it fits inside the caller's transaction.
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+use crate::config::Settings;
+use crate::retry::{Policy, with_backoff};
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// A database problem at start-up, phrased for the person starting the process.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The server did not answer.
+    #[error(
+        "cannot reach PostgreSQL at {url} ({source}); start it (pg_ctlcluster 15 main start) or set DATABASE_URL"
+    )]
+    Unreachable {
+        /// Redacted URL.
+        url: String,
+        /// What the driver said.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Migrations failed.
+    #[error("applying migrations to {url} failed ({source})")]
+    Migrate {
+        /// Redacted URL.
+        url: String,
+        /// What the migrator said.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+/// Connects to the database of `DATABASE_URL`, creating it first if it does not exist.
+pub async fn connect(settings: &Settings, max_connections: u32) -> Result<PgPool, DbError> {
+    let raw = settings.database_url.expose_secret();
+    let url = settings.database_url_redacted();
+    let unreachable = |source| DbError::Unreachable {
+        url: url.clone(),
+        source,
+    };
+    let exists = with_backoff(Policy::STARTUP, || Postgres::database_exists(raw))
+        .await
+        .map_err(unreachable)?;
+    if !exists {
+        // Two processes may race to create it; the loser's "already exists" is fine.
+        if let Err(error) = Postgres::create_database(raw).await
+            && !Postgres::database_exists(raw).await.unwrap_or(false)
+        {
+            return Err(unreachable(error));
+        }
+        tracing::info!(database = %url, "created the database");
+    }
+    let options: PgConnectOptions = raw.parse().map_err(unreachable)?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(unreachable)
+}
+
+/// Applies the embedded migrations (idempotent).
+pub async fn migrate(settings: &Settings, pool: &PgPool) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await.map_err(|source| DbError::Migrate {
+        url: settings.database_url_redacted(),
+        source,
+    })
+}
+
+/// True when the database answers a trivial query.
+pub async fn is_reachable(pool: &PgPool) -> bool {
+    sqlx::query("SELECT 1").execute(pool).await.is_ok()
+}

@@ -1,0 +1,409 @@
+//! The intake: consumes `uid.intake.application` and turns each delivery into exactly one of
+//! - a `received` application, its history row, its event and the hand-off to the first step;
+//! - a `rejected` application (`invalid_application`, every field error listed);
+//! - nothing new, for the same id with identical content (a re-publish or a redelivery);
+//! - a dead letter: `malformed` (too big, not UTF-8, not a JSON object), `invalid` (no valid
+//!   `application_id`), `conflict` (same id, different content: `duplicate_conflict`, the first
+//!   application untouched).
+//!
+//! All of it commits in one transaction, and only then is the delivery acked (`consumer`).
+//! Messages out (events, hand-off, dead-letter copy) go through the outbox.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::amqp::Outgoing;
+use crate::applications::{self, Inserted, NewApplication};
+use crate::config::Settings;
+use crate::consumer::{self, ConsumerConfig, Handled, Handler, Message};
+use crate::dead_letters::{self, ErrorKind, Parked};
+use crate::domain::{FieldError, Reason, ReasonCode, Status};
+use crate::messages::WorkItem;
+use crate::outbox;
+use crate::route;
+use crate::telemetry::metrics as names;
+use crate::topology::{APPLICATION_QUEUE, WORK_EXCHANGE};
+use crate::validation::{self, Verdict};
+
+/// The step name the intake writes in history rows and dead-letter headers.
+pub const STEP: &str = "intake";
+/// Bodies above this many bytes are not parsed (CONTRACT §2.1).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What the intake did with one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new, valid application.
+    Received,
+    /// A new application rejected as invalid.
+    Rejected,
+    /// A repeat of an application already recorded, identical: nothing done.
+    Duplicate,
+    /// Same id, different content: parked as `conflict`.
+    Conflict,
+    /// Parked as `malformed`.
+    Malformed,
+    /// Parked as `invalid` (no valid application id).
+    Invalid,
+}
+
+impl Outcome {
+    /// Label value for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Received => "received",
+            Outcome::Rejected => "rejected",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Conflict => "conflict",
+            Outcome::Malformed => "malformed",
+            Outcome::Invalid => "invalid",
+        }
+    }
+}
+
+/// Counters of one intake, for tests and the operator's view. All count committed outcomes.
+#[derive(Debug, Default)]
+pub struct IntakeStats {
+    /// New valid applications.
+    pub received: AtomicU64,
+    /// New invalid applications.
+    pub rejected: AtomicU64,
+    /// Identical repeats.
+    pub duplicates: AtomicU64,
+    /// Conflicting repeats.
+    pub conflicts: AtomicU64,
+    /// Malformed messages.
+    pub malformed: AtomicU64,
+    /// Objects without a valid id.
+    pub invalid: AtomicU64,
+}
+
+impl IntakeStats {
+    fn count(&self, outcome: Outcome) {
+        let counter = match outcome {
+            Outcome::Received => &self.received,
+            Outcome::Rejected => &self.rejected,
+            Outcome::Duplicate => &self.duplicates,
+            Outcome::Conflict => &self.conflicts,
+            Outcome::Malformed => &self.malformed,
+            Outcome::Invalid => &self.invalid,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every delivery whose outcome committed.
+    pub fn total(&self) -> u64 {
+        [
+            &self.received,
+            &self.rejected,
+            &self.duplicates,
+            &self.conflicts,
+            &self.malformed,
+            &self.invalid,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
+}
+
+/// The intake's handler.
+pub struct Intake {
+    pool: PgPool,
+    stats: Arc<IntakeStats>,
+    /// Fault injection for tests: while positive, each commit is followed by a simulated crash
+    /// (no ack) instead of an ack, and the counter goes down by one.
+    crash_after_commit: Arc<AtomicU32>,
+}
+
+/// Runs the intake consumer until cancelled.
+pub async fn run(
+    settings: Settings,
+    pool: PgPool,
+    prefetch: u16,
+    stats: Arc<IntakeStats>,
+    crash_after_commit: Arc<AtomicU32>,
+    token: CancellationToken,
+) {
+    let config = ConsumerConfig {
+        role: "intake",
+        queue: APPLICATION_QUEUE.into(),
+        prefetch,
+    };
+    let intake = Arc::new(Intake {
+        pool,
+        stats,
+        crash_after_commit,
+    });
+    consumer::run(settings, config, intake, token).await;
+}
+
+/// A delivery's body, classified before any database work.
+#[derive(Debug)]
+pub enum Decoded {
+    /// Not something to parse: why, in one sentence.
+    Malformed(String),
+    /// A JSON object.
+    Object(Value),
+}
+
+/// Classifies a body: size, UTF-8, JSON, object (in that order).
+pub fn decode(body: &[u8]) -> Decoded {
+    if body.len() > MAX_BODY_BYTES {
+        return Decoded::Malformed(format!(
+            "the body is {} bytes; the limit is {MAX_BODY_BYTES} bytes (64 KiB), so it was not parsed",
+            body.len()
+        ));
+    }
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => text,
+        Err(error) => {
+            return Decoded::Malformed(format!(
+                "the body is not valid UTF-8 (invalid byte at offset {})",
+                error.valid_up_to()
+            ));
+        }
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(object)) => Decoded::Object(Value::Object(object)),
+        Ok(other) => Decoded::Malformed(format!(
+            "the body is JSON but not an object (found {})",
+            match other {
+                Value::Array(_) => "an array",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            }
+        )),
+        Err(error) => Decoded::Malformed(format!("the body is not JSON ({error})")),
+    }
+}
+
+/// SHA-256 of the object's canonical JSON (keys sorted), so key order does not matter.
+pub fn content_hash(object: &Value) -> Vec<u8> {
+    fn canonical(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let sorted: std::collections::BTreeMap<_, _> =
+                    map.iter().map(|(k, v)| (k.clone(), canonical(v))).collect();
+                Value::Object(sorted.into_iter().collect())
+            }
+            Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+            other => other.clone(),
+        }
+    }
+    let bytes = serde_json::to_vec(&canonical(object)).expect("a JSON value serialises");
+    Sha256::digest(bytes).to_vec()
+}
+
+impl Handler for Intake {
+    async fn handle(&self, message: &Message) -> anyhow::Result<Handled> {
+        let started = Instant::now();
+        let mut tx = self.pool.begin().await?;
+        let outcome = match decode(&message.body) {
+            Decoded::Malformed(why) => {
+                park(&mut tx, message, None, ErrorKind::Malformed, why, None).await?;
+                Outcome::Malformed
+            }
+            Decoded::Object(object) => record(&mut tx, message, &object).await?,
+        };
+        tx.commit().await?;
+        self.stats.count(outcome);
+        ::metrics::counter!(names::INTAKE_MESSAGES_TOTAL, "outcome" => outcome.as_str())
+            .increment(1);
+        ::metrics::histogram!(names::INTAKE_DURATION_SECONDS, "outcome" => outcome.as_str())
+            .record(started.elapsed().as_secs_f64());
+        let crash = self
+            .crash_after_commit
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        Ok(if crash { Handled::Crash } else { Handled::Ack })
+    }
+}
+
+async fn record(
+    tx: &mut sqlx::PgConnection,
+    message: &Message,
+    object: &Value,
+) -> anyhow::Result<Outcome> {
+    let hash = content_hash(object);
+    let (application_id, new, valid) =
+        match validation::validate(object, validation::today_in_minsk()) {
+            Verdict::NoId(errors) => {
+                let why = format!("not an application: {}", sentence(&errors));
+                park(tx, message, None, ErrorKind::Invalid, why, None).await?;
+                return Ok(Outcome::Invalid);
+            }
+            Verdict::Valid(application) => {
+                let new = NewApplication {
+                    application_id: application.application_id,
+                    kind: Some(application.kind),
+                    issuing_service: Some(&application.issuing_service),
+                    content_sha256: &hash,
+                    payload: &application.normalized,
+                };
+                let inserted = applications::insert_received(tx, &new, STEP).await?;
+                (application.application_id, inserted, Ok(application.kind))
+            }
+            Verdict::Invalid {
+                application_id,
+                kind,
+                issuing_service,
+                errors,
+            } => {
+                let new = NewApplication {
+                    application_id,
+                    kind,
+                    issuing_service: issuing_service.as_deref(),
+                    content_sha256: &hash,
+                    payload: object,
+                };
+                let inserted = applications::insert_received(tx, &new, STEP).await?;
+                (application_id, inserted, Err(errors))
+            }
+        };
+    match (new, valid) {
+        (Inserted::Identical, _) => {
+            tracing::debug!(application.id = %application_id, "identical repeat of an application; nothing to do");
+            Ok(Outcome::Duplicate)
+        }
+        (Inserted::Conflict, _) => {
+            let why = format!(
+                "application {application_id} was already received with different content; the first one is kept unchanged (duplicate_conflict)"
+            );
+            park(
+                tx,
+                message,
+                Some(application_id),
+                ErrorKind::Conflict,
+                why,
+                Some(ReasonCode::DuplicateConflict),
+            )
+            .await?;
+            tracing::warn!(application.id = %application_id, "same application id with different content; parked as conflict");
+            Ok(Outcome::Conflict)
+        }
+        (Inserted::New, Ok(kind)) => {
+            let step = route::first_step(kind);
+            let item = WorkItem {
+                application_id,
+                step: step.into(),
+                attempt: 1,
+            };
+            outbox::enqueue(
+                tx,
+                &Outgoing {
+                    exchange: WORK_EXCHANGE.into(),
+                    routing_key: step.into(),
+                    message_id: Some(format!("{application_id}:{step}:1")),
+                    content_type: Some("application/json".into()),
+                    headers: serde_json::json!({}),
+                    body: serde_json::to_vec(&item).expect("a work item serialises"),
+                    mandatory: true,
+                },
+            )
+            .await?;
+            tracing::info!(application.id = %application_id, kind = kind.as_str(), "application received");
+            Ok(Outcome::Received)
+        }
+        (Inserted::New, Err(errors)) => {
+            let reason = Reason {
+                code: ReasonCode::InvalidApplication,
+                detail: match errors.len() {
+                    1 => "1 field is invalid".to_owned(),
+                    n => format!("{n} fields are invalid"),
+                },
+                errors,
+            };
+            applications::transition(
+                tx,
+                application_id,
+                Status::Rejected,
+                STEP,
+                Some(&reason),
+                None,
+            )
+            .await?;
+            tracing::info!(application.id = %application_id, errors = reason.errors.len(), "application rejected as invalid");
+            Ok(Outcome::Rejected)
+        }
+    }
+}
+
+fn sentence(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn park(
+    tx: &mut sqlx::PgConnection,
+    message: &Message,
+    application_id: Option<Uuid>,
+    kind: ErrorKind,
+    error: String,
+    reason: Option<ReasonCode>,
+) -> sqlx::Result<i64> {
+    if kind == ErrorKind::Malformed {
+        tracing::warn!(bytes = message.body.len(), error = %error, "malformed message parked");
+    }
+    let parked = Parked {
+        application_id,
+        step: STEP,
+        kind,
+        error,
+        reason_code: reason.map(ReasonCode::as_str),
+        message,
+        attempts: 1,
+        first_failed_at: message.received_at,
+    };
+    dead_letters::park(tx, &parked).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_classified_in_order() {
+        let big = vec![b' '; MAX_BODY_BYTES + 1];
+        for (body, needle) in [
+            (&big[..], "limit is 65536"),
+            (&b"{\"a\": \"\xff\xfe\"}"[..], "not valid UTF-8"),
+            (&b"hello"[..], "not JSON"),
+            (&b"[1, 2]"[..], "not an object (found an array)"),
+            (&b"{\"a\": "[..], "not JSON"),
+        ] {
+            match decode(body) {
+                Decoded::Malformed(why) => assert!(why.contains(needle), "{why}"),
+                Decoded::Object(_) => panic!("{needle}: should be malformed"),
+            }
+        }
+        assert!(matches!(decode(b"{\"a\": 1}"), Decoded::Object(_)));
+        let exactly_limit = format!("{{\"a\": \"{}\"}}", "x".repeat(MAX_BODY_BYTES - 9));
+        assert_eq!(exactly_limit.len(), MAX_BODY_BYTES);
+        assert!(matches!(
+            decode(exactly_limit.as_bytes()),
+            Decoded::Object(_)
+        ));
+    }
+
+    #[test]
+    fn content_hash_ignores_key_order_but_not_values() {
+        let a: Value = serde_json::from_str(r#"{"x": 1, "y": {"b": 2, "a": [1, 2]}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"y": {"a": [1, 2], "b": 2}, "x": 1}"#).unwrap();
+        let c: Value = serde_json::from_str(r#"{"y": {"a": [2, 1], "b": 2}, "x": 1}"#).unwrap();
+        assert_eq!(content_hash(&a), content_hash(&b));
+        assert_ne!(content_hash(&a), content_hash(&c));
+    }
+}

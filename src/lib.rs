@@ -1,0 +1,20 @@
+//! uidflow: issues and manages the unique identifier (UID) of the Unified Portal of Electronic
+//! Services. This library is the shared runtime and domain; the `uidflow` binary lives in
+//! `workers/uidflow-cli` (see ARCHITECTURE.md for why, and for the map of the code).
+
+pub mod amqp;
+pub mod applications;
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod dead_letters;
+pub mod domain;
+pub mod intake;
+pub mod messages;
+pub mod outbox;
+pub mod retry;
+pub mod route;
+pub mod system;
+pub mod telemetry;
+pub mod topology;
+pub mod validation;

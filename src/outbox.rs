@@ -1,0 +1,208 @@
+//! The transactional outbox: every message uidflow sends after a commit goes through here.
+//!
+//! [`enqueue`] writes the message in the caller's transaction (and pings the relay with
+//! `pg_notify`). [`run_relay`] publishes due rows in id order with publisher confirms and
+//! deletes a row only after the broker confirmed it, in the same transaction that locked it
+//! (`FOR UPDATE SKIP LOCKED`, so relays in several processes share the work). A crash after the
+//! confirm and before the delete publishes the row again: delivery is at-least-once, and every
+//! consumer deduplicates (intake by content, steps by their ledger, events by `event_id`).
+//! A refused publish (nack, unroutable, full queue) stays in the table and is retried later.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool, Row};
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::{Outgoing, PublishResult, Publisher, connect_once};
+use crate::config::Settings;
+use crate::retry::Policy;
+use crate::telemetry::metrics as names;
+
+/// The `LISTEN` channel the relay wakes up on.
+pub const CHANNEL: &str = "uidflow_outbox";
+/// Rows published per round.
+pub const BATCH: i64 = 200;
+/// The relay looks for due rows at least this often, even without a notification.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// Adds a message to the outbox within the caller's transaction.
+pub async fn enqueue(conn: &mut PgConnection, message: &Outgoing) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox (exchange, routing_key, message_id, content_type, headers, body, mandatory)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&message.exchange)
+    .bind(&message.routing_key)
+    .bind(&message.message_id)
+    .bind(&message.content_type)
+    .bind(&message.headers)
+    .bind(&message.body)
+    .bind(message.mandatory)
+    .execute(&mut *conn)
+    .await?;
+    // Notifications are delivered at commit, and duplicates within a transaction fold into one.
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Why a relay round stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The broker channel failed; reconnect.
+    #[error("publishing to RabbitMQ")]
+    Broker(#[source] lapin::Error),
+    /// The database failed; wait and try again.
+    #[error("reading the outbox")]
+    Database(#[source] sqlx::Error),
+}
+
+/// Publishes up to `limit` due rows; returns how many rows it handled.
+pub async fn relay_once(
+    pool: &PgPool,
+    publisher: &Publisher,
+    limit: i64,
+) -> Result<usize, RelayError> {
+    let mut tx = pool.begin().await.map_err(RelayError::Database)?;
+    let rows = sqlx::query(
+        "SELECT id, exchange, routing_key, message_id, content_type, headers, body, mandatory
+         FROM outbox WHERE not_before <= now() ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(RelayError::Database)?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut messages = Vec::with_capacity(rows.len());
+    for row in &rows {
+        ids.push(row.get::<i64, _>("id"));
+        messages.push(Outgoing {
+            exchange: row.get("exchange"),
+            routing_key: row.get("routing_key"),
+            message_id: row.get("message_id"),
+            content_type: row.get("content_type"),
+            headers: row.get("headers"),
+            body: row.get("body"),
+            mandatory: row.get("mandatory"),
+        });
+    }
+    let results = publisher
+        .publish_all(&messages)
+        .await
+        .map_err(RelayError::Broker)?;
+    let mut done = Vec::with_capacity(ids.len());
+    for ((id, message), result) in ids.iter().zip(&messages).zip(results) {
+        match result {
+            PublishResult::Confirmed => {
+                ::metrics::counter!(names::OUTBOX_PUBLISHED_TOTAL, "exchange" => message.exchange.clone())
+                    .increment(1);
+                done.push(*id);
+            }
+            PublishResult::Refused(why) => {
+                ::metrics::counter!(names::OUTBOX_FAILED_TOTAL, "exchange" => message.exchange.clone())
+                    .increment(1);
+                tracing::warn!(outbox.id = id, exchange = %message.exchange, routing_key = %message.routing_key, error = %why, "broker refused an outbox message; will retry");
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
+                       not_before = now() + least(interval '1 second' * power(2, least(attempts, 6)), interval '60 seconds')
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(&why)
+                .execute(&mut *tx)
+                .await
+                .map_err(RelayError::Database)?;
+            }
+        }
+    }
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+        .bind(&done)
+        .execute(&mut *tx)
+        .await
+        .map_err(RelayError::Database)?;
+    tx.commit().await.map_err(RelayError::Database)?;
+    Ok(rows.len())
+}
+
+/// Relays the outbox until `token` is cancelled, reconnecting to the broker as needed.
+pub async fn run_relay(settings: Settings, pool: PgPool, token: CancellationToken) {
+    let mut listener = match PgListener::connect_with(&pool).await {
+        Ok(mut listener) => match listener.listen(CHANNEL).await {
+            Ok(()) => Some(listener),
+            Err(_) => None,
+        },
+        Err(_) => None,
+    };
+    let mut delays = Policy::RECONNECT.delays();
+    'connect: while !token.is_cancelled() {
+        let connection = match connect_once(&settings, "outbox").await {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::warn!(error = %error, "outbox relay cannot reach RabbitMQ; will retry");
+                if !pause(&token, delays.next_delay()).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let publisher = match Publisher::open(&connection).await {
+            Ok(publisher) => publisher,
+            Err(error) => {
+                tracing::warn!(error = %error, "outbox relay cannot open a channel; will retry");
+                if !pause(&token, delays.next_delay()).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        delays.reset();
+        loop {
+            match relay_once(&pool, &publisher, BATCH).await {
+                Ok(n) if n as i64 == BATCH => continue,
+                Ok(_) => {}
+                Err(RelayError::Broker(error)) => {
+                    tracing::warn!(error = %error, "outbox relay lost its channel; reconnecting");
+                    let _ = connection.close(320, "reconnecting".into()).await;
+                    continue 'connect;
+                }
+                Err(RelayError::Database(error)) => {
+                    tracing::warn!(error = %error, "outbox relay cannot read the outbox; will retry");
+                    if !pause(&token, delays.next_delay()).await {
+                        break 'connect;
+                    }
+                    continue;
+                }
+            }
+            // Wait for a commit's notification, or poll (rows whose retry time has come).
+            let woken = async {
+                match listener.as_mut() {
+                    Some(listener) => {
+                        let _ = listener.recv().await;
+                        while listener.next_buffered().is_some() {}
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = token.cancelled() => break 'connect,
+                _ = woken => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+}
+
+/// Waits `delay` (or the longest reconnect wait) unless cancelled; false when cancelled.
+pub(crate) async fn pause(token: &CancellationToken, delay: Option<Duration>) -> bool {
+    let delay = delay.unwrap_or(Policy::RECONNECT.max_interval);
+    tokio::select! {
+        _ = token.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}

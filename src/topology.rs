@@ -1,0 +1,427 @@
+//! The RabbitMQ topology: every exchange, queue and binding uidflow uses, as data.
+//!
+//! The same [`Topology`] value is declared on the broker at start-up ([`crate::amqp::declare`])
+//! and rendered as `deploy/rabbitmq/definitions.json` ([`Topology::definitions`]); a test checks
+//! that the shipped file and the code agree. Names under CONTRACT §2 (`uid.intake`,
+//! `uid.events`, `uid.dead-letter`) are external; the rest are ours.
+//!
+//! Every queue is a quorum queue with its arguments spelled out (no broker defaults):
+//! - work queues (`uid.intake.*`, `uid.step.*`) dead-letter to `uid.parking` after
+//!   [`DELIVERY_LIMIT`] deliveries, where the dead-letter keeper records them;
+//! - retry wait queues (`uid.retry.<step>.<delay>`) hold a message for `<delay>` and then
+//!   dead-letter it back to `uid.work` with the step as routing key;
+//! - `uid.parking` dead-letters to `uid.dead-letter` if the keeper itself keeps failing;
+//! - `uid.dead-letter` is terminal: no delivery limit, so the broker never drops a parked message.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::config::format_duration;
+
+/// Intake exchange (CONTRACT §2).
+pub const INTAKE_EXCHANGE: &str = "uid.intake";
+/// Status events exchange (CONTRACT §2).
+pub const EVENTS_EXCHANGE: &str = "uid.events";
+/// Exchange in front of the dead-letter queue.
+pub const DEAD_LETTER_EXCHANGE: &str = "uid.dead-letter";
+/// Queue of every message the system could not process (CONTRACT §2).
+pub const DEAD_LETTER_QUEUE: &str = "uid.dead-letter";
+/// Exchange of the step queues; routing key = step name.
+pub const WORK_EXCHANGE: &str = "uid.work";
+/// Exchange of the retry wait queues; routing key = `<step>.<delay>`.
+pub const RETRY_EXCHANGE: &str = "uid.retry";
+/// Exchange where the broker dead-letters work queues' messages.
+pub const PARKING_EXCHANGE: &str = "uid.parking";
+/// Queue the dead-letter keeper consumes.
+pub const PARKING_QUEUE: &str = "uid.parking";
+/// Queue of new applications (routing key `application`).
+pub const APPLICATION_QUEUE: &str = "uid.intake.application";
+/// Queue of phone confirmations (routing key `phone-confirmation`).
+pub const PHONE_CONFIRMATION_QUEUE: &str = "uid.intake.phone-confirmation";
+/// Routing key of applications on `uid.intake`.
+pub const APPLICATION_ROUTING_KEY: &str = "application";
+/// Routing key of phone confirmations on `uid.intake`.
+pub const PHONE_CONFIRMATION_ROUTING_KEY: &str = "phone-confirmation";
+
+/// The pipeline steps that have a queue of their own (CONTRACT §4).
+pub const STEPS: [&str; 4] = ["verify-identity", "confirm-phone", "register", "send-sms"];
+
+/// Deliveries of one message before the broker dead-letters it. Our retries go through the
+/// wait queues (the delivery is acked), so this only catches a message that crashes or stalls
+/// its consumer again and again.
+pub const DELIVERY_LIMIT: i64 = 20;
+/// Messages a queue holds before publishes are refused (the outbox then waits and retries).
+pub const MAX_LENGTH: i64 = 2_000_000;
+
+/// Name of a step's work queue.
+pub fn step_queue(step: &str) -> String {
+    format!("uid.step.{step}")
+}
+
+/// Routing key on `uid.retry` for a step's wait of `delay`.
+pub fn retry_routing_key(step: &str, delay: Duration) -> String {
+    format!("{step}.{}", format_duration(delay))
+}
+
+/// Name of a step's retry wait queue for `delay`.
+pub fn retry_queue(step: &str, delay: Duration) -> String {
+    format!("uid.retry.{}", retry_routing_key(step, delay))
+}
+
+/// Exchange types we use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ExchangeType {
+    /// Exact routing key.
+    Direct,
+    /// Pattern routing key.
+    Topic,
+    /// Every bound queue.
+    Fanout,
+}
+
+impl ExchangeType {
+    /// The broker's name of the type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeType::Direct => "direct",
+            ExchangeType::Topic => "topic",
+            ExchangeType::Fanout => "fanout",
+        }
+    }
+}
+
+/// A queue argument value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Arg {
+    /// A string argument.
+    Str(String),
+    /// An integer argument.
+    Int(i64),
+}
+
+/// A durable exchange.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Exchange {
+    /// Name.
+    pub name: String,
+    /// Type.
+    pub kind: ExchangeType,
+}
+
+/// A durable quorum queue and its arguments.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Queue {
+    /// Name.
+    pub name: String,
+    /// `x-…` arguments, including `x-queue-type`.
+    pub arguments: BTreeMap<String, Arg>,
+}
+
+/// A binding of a queue to an exchange.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Binding {
+    /// Source exchange.
+    pub exchange: String,
+    /// Destination queue.
+    pub queue: String,
+    /// Routing key (empty for fanout).
+    pub routing_key: String,
+}
+
+/// The whole topology, sorted so two values compare regardless of construction order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// Exchanges, sorted by name.
+    pub exchanges: Vec<Exchange>,
+    /// Queues, sorted by name.
+    pub queues: Vec<Queue>,
+    /// Bindings, sorted.
+    pub bindings: Vec<Binding>,
+}
+
+fn base_arguments() -> BTreeMap<String, Arg> {
+    BTreeMap::from([
+        ("x-queue-type".into(), Arg::Str("quorum".into())),
+        ("x-overflow".into(), Arg::Str("reject-publish".into())),
+        ("x-max-length".into(), Arg::Int(MAX_LENGTH)),
+    ])
+}
+
+fn dead_lettering(exchange: &str) -> BTreeMap<String, Arg> {
+    BTreeMap::from([
+        ("x-delivery-limit".into(), Arg::Int(DELIVERY_LIMIT)),
+        ("x-dead-letter-exchange".into(), Arg::Str(exchange.into())),
+        (
+            "x-dead-letter-strategy".into(),
+            Arg::Str("at-least-once".into()),
+        ),
+    ])
+}
+
+fn work_queue(name: String) -> Queue {
+    let mut arguments = base_arguments();
+    arguments.extend(dead_lettering(PARKING_EXCHANGE));
+    Queue { name, arguments }
+}
+
+impl Topology {
+    /// The topology for the given retry delays (`RETRY_DELAYS`).
+    pub fn new(retry_delays: &[Duration]) -> Self {
+        let exchange = |name: &str, kind| Exchange {
+            name: name.into(),
+            kind,
+        };
+        let bind = |exchange: &str, queue: &str, routing_key: &str| Binding {
+            exchange: exchange.into(),
+            queue: queue.into(),
+            routing_key: routing_key.into(),
+        };
+        let mut exchanges = vec![
+            exchange(INTAKE_EXCHANGE, ExchangeType::Direct),
+            exchange(EVENTS_EXCHANGE, ExchangeType::Topic),
+            exchange(DEAD_LETTER_EXCHANGE, ExchangeType::Fanout),
+            exchange(WORK_EXCHANGE, ExchangeType::Direct),
+            exchange(RETRY_EXCHANGE, ExchangeType::Direct),
+            exchange(PARKING_EXCHANGE, ExchangeType::Fanout),
+        ];
+        let mut queues = vec![
+            work_queue(APPLICATION_QUEUE.into()),
+            work_queue(PHONE_CONFIRMATION_QUEUE.into()),
+        ];
+        let mut bindings = vec![
+            bind(INTAKE_EXCHANGE, APPLICATION_QUEUE, APPLICATION_ROUTING_KEY),
+            bind(
+                INTAKE_EXCHANGE,
+                PHONE_CONFIRMATION_QUEUE,
+                PHONE_CONFIRMATION_ROUTING_KEY,
+            ),
+        ];
+        for step in STEPS {
+            queues.push(work_queue(step_queue(step)));
+            bindings.push(bind(WORK_EXCHANGE, &step_queue(step), step));
+            let mut delays = retry_delays.to_vec();
+            delays.sort();
+            delays.dedup();
+            for delay in delays {
+                let name = retry_queue(step, delay);
+                let mut arguments = base_arguments();
+                arguments.extend(dead_lettering(WORK_EXCHANGE));
+                arguments.insert("x-dead-letter-routing-key".into(), Arg::Str(step.into()));
+                let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                arguments.insert("x-message-ttl".into(), Arg::Int(ttl));
+                bindings.push(bind(RETRY_EXCHANGE, &name, &retry_routing_key(step, delay)));
+                queues.push(Queue { name, arguments });
+            }
+        }
+        let mut parking = base_arguments();
+        parking.extend(dead_lettering(DEAD_LETTER_EXCHANGE));
+        queues.push(Queue {
+            name: PARKING_QUEUE.into(),
+            arguments: parking,
+        });
+        bindings.push(bind(PARKING_EXCHANGE, PARKING_QUEUE, ""));
+        queues.push(Queue {
+            name: DEAD_LETTER_QUEUE.into(),
+            arguments: base_arguments(),
+        });
+        bindings.push(bind(DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ""));
+        exchanges.sort();
+        queues.sort();
+        bindings.sort();
+        Self {
+            exchanges,
+            queues,
+            bindings,
+        }
+    }
+
+    /// Renders the topology in RabbitMQ's definitions format, for vhost `/`.
+    pub fn definitions(&self) -> Value {
+        let arg = |value: &Arg| match value {
+            Arg::Str(text) => json!(text),
+            Arg::Int(number) => json!(number),
+        };
+        json!({
+            "exchanges": self.exchanges.iter().map(|e| json!({
+                "name": e.name, "vhost": "/", "type": e.kind.as_str(),
+                "durable": true, "auto_delete": false, "internal": false, "arguments": {}
+            })).collect::<Vec<_>>(),
+            "queues": self.queues.iter().map(|q| json!({
+                "name": q.name, "vhost": "/", "durable": true, "auto_delete": false,
+                "arguments": q.arguments.iter().map(|(k, v)| (k.clone(), arg(v))).collect::<serde_json::Map<_, _>>()
+            })).collect::<Vec<_>>(),
+            "bindings": self.bindings.iter().map(|b| json!({
+                "source": b.exchange, "vhost": "/", "destination": b.queue,
+                "destination_type": "queue", "routing_key": b.routing_key, "arguments": {}
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Reads a definitions file back into a topology (the inverse of [`Topology::definitions`]).
+    pub fn from_definitions(definitions: &Value) -> Result<Self, String> {
+        let list = |key: &str| {
+            definitions[key]
+                .as_array()
+                .ok_or_else(|| format!("definitions have no {key:?} list"))
+        };
+        let text = |item: &Value, key: &str| {
+            item[key]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("{key:?} missing in {item}"))
+        };
+        let mut exchanges = Vec::new();
+        for item in list("exchanges")? {
+            let kind = match item["type"].as_str() {
+                Some("direct") => ExchangeType::Direct,
+                Some("topic") => ExchangeType::Topic,
+                Some("fanout") => ExchangeType::Fanout,
+                other => return Err(format!("unknown exchange type {other:?}")),
+            };
+            if item["durable"] != json!(true) {
+                return Err(format!("exchange {item} is not durable"));
+            }
+            exchanges.push(Exchange {
+                name: text(item, "name")?,
+                kind,
+            });
+        }
+        let mut queues = Vec::new();
+        for item in list("queues")? {
+            if item["durable"] != json!(true) {
+                return Err(format!("queue {item} is not durable"));
+            }
+            let mut arguments = BTreeMap::new();
+            for (key, value) in item["arguments"].as_object().into_iter().flatten() {
+                let value = match value {
+                    Value::String(s) => Arg::Str(s.clone()),
+                    Value::Number(n) => Arg::Int(n.as_i64().ok_or("argument is not an integer")?),
+                    other => {
+                        return Err(format!(
+                            "argument {key} = {other} is neither text nor integer"
+                        ));
+                    }
+                };
+                arguments.insert(key.clone(), value);
+            }
+            queues.push(Queue {
+                name: text(item, "name")?,
+                arguments,
+            });
+        }
+        let mut bindings = Vec::new();
+        for item in list("bindings")? {
+            bindings.push(Binding {
+                exchange: text(item, "source")?,
+                queue: text(item, "destination")?,
+                routing_key: text(item, "routing_key")?,
+            });
+        }
+        exchanges.sort();
+        queues.sort();
+        bindings.sort();
+        Ok(Self {
+            exchanges,
+            queues,
+            bindings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_topology() -> Topology {
+        Topology::new(
+            &crate::config::Settings::from_map(&Default::default())
+                .unwrap()
+                .retry_delays,
+        )
+    }
+
+    #[test]
+    fn every_queue_is_quorum_with_explicit_overflow_and_length() {
+        for queue in default_topology().queues {
+            assert_eq!(
+                queue.arguments["x-queue-type"],
+                Arg::Str("quorum".into()),
+                "{}",
+                queue.name
+            );
+            assert_eq!(
+                queue.arguments["x-overflow"],
+                Arg::Str("reject-publish".into()),
+                "{}",
+                queue.name
+            );
+            assert!(
+                queue.arguments.contains_key("x-max-length"),
+                "{}",
+                queue.name
+            );
+        }
+    }
+
+    #[test]
+    fn every_work_queue_has_delivery_limit_and_at_least_once_dead_lettering() {
+        let topology = default_topology();
+        let work: Vec<_> = topology
+            .queues
+            .iter()
+            .filter(|q| {
+                q.name.starts_with("uid.intake.")
+                    || q.name.starts_with("uid.step.")
+                    || q.name.starts_with("uid.retry.")
+            })
+            .collect();
+        assert_eq!(work.len(), 2 + 4 + 4 * 5);
+        for queue in work {
+            assert_eq!(
+                queue.arguments["x-delivery-limit"],
+                Arg::Int(DELIVERY_LIMIT),
+                "{}",
+                queue.name
+            );
+            assert_eq!(
+                queue.arguments["x-dead-letter-strategy"],
+                Arg::Str("at-least-once".into())
+            );
+            assert!(
+                queue.arguments.contains_key("x-dead-letter-exchange"),
+                "{}",
+                queue.name
+            );
+        }
+    }
+
+    #[test]
+    fn retry_queues_wait_their_delay_then_return_to_their_step() {
+        let topology = default_topology();
+        let queue = topology
+            .queues
+            .iter()
+            .find(|q| q.name == "uid.retry.register.30s")
+            .expect("the 30s wait queue of register exists");
+        assert_eq!(queue.arguments["x-message-ttl"], Arg::Int(30_000));
+        assert_eq!(
+            queue.arguments["x-dead-letter-exchange"],
+            Arg::Str(WORK_EXCHANGE.into())
+        );
+        assert_eq!(
+            queue.arguments["x-dead-letter-routing-key"],
+            Arg::Str("register".into())
+        );
+    }
+
+    #[test]
+    fn definitions_round_trip() {
+        let topology = default_topology();
+        assert_eq!(
+            Topology::from_definitions(&topology.definitions()),
+            Ok(topology)
+        );
+    }
+}

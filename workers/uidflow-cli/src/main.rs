@@ -1,0 +1,209 @@
+//! The `uidflow` binary (CONTRACT §8): parses the command line, loads `Settings`, and calls the
+//! library. Every failure ends in one line on stderr and a non-zero exit code: 2 for a problem
+//! with how it was started (arguments, configuration, a command not built yet), 1 otherwise.
+
+mod status;
+mod submit;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use uidflow::config::Settings;
+use uidflow::system::{self, RunOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "uidflow",
+    version,
+    about = "Issues and manages UIDs: intake, pipeline, registry and operator tools."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Everything in one process: migrations, topology, intake, outbox relay, dead-letter keeper.
+    Run {
+        /// Host only these parts (comma-separated), e.g. `--only intake`.
+        #[arg(long, value_name = "PART,…")]
+        only: Option<String>,
+        /// Deliveries in flight per consumer.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        concurrency: u16,
+    },
+    /// Apply migrations and declare the topology, then exit.
+    Migrate {
+        /// Print the topology as RabbitMQ definitions JSON (for deploy/rabbitmq/definitions.json)
+        /// and touch nothing.
+        #[arg(long)]
+        print_definitions: bool,
+    },
+    /// Publish applications as an intake system would (publisher confirms).
+    Submit {
+        /// Files, directories (their *.json files) or `-` for standard input.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Routing key; by default `phone-confirmation` for an object with `code` and no
+        /// `kind`, else `application`.
+        #[arg(long, value_parser = ["application", "phone-confirmation"])]
+        routing_key: Option<String>,
+    },
+    /// What a clerk would see of applications: status, reason and history (masked).
+    Status {
+        /// Application ids.
+        #[arg(required = true)]
+        ids: Vec<uuid::Uuid>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Wait up to this long (e.g. `30s`) for each application to appear.
+        #[arg(long, value_parser = parse_wait)]
+        wait: Option<Duration>,
+        /// With --wait: also wait until the status is not `received` any more.
+        #[arg(long, requires = "wait")]
+        settled: bool,
+    },
+    /// The operator's dead-letter tools (come with the operator work).
+    #[command(name = "dead-letters")]
+    DeadLetters {
+        /// list | show <id> | replay <id> | discard <id>
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Only the external-system simulators (come with the pipeline).
+    Sim,
+    /// The end-to-end benchmark (comes with the performance work).
+    Bench,
+}
+
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    uidflow::config::parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration; write it like 30s or 2m"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    uidflow::telemetry::init(settings.log_format);
+    let result = match cli.command {
+        Command::Run { only, concurrency } => {
+            let parts = match only.as_deref().map(system::parse_parts).transpose() {
+                Ok(parts) => parts,
+                Err(error) => return usage(&error),
+            };
+            run(settings, parts, concurrency).await
+        }
+        Command::Migrate {
+            print_definitions: true,
+        } => {
+            let topology = uidflow::topology::Topology::new(&settings.retry_delays);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&topology.definitions())
+                    .expect("definitions serialise")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate {
+            print_definitions: false,
+        } => migrate(settings).await,
+        Command::Submit { paths, routing_key } => {
+            submit::run(&settings, &paths, routing_key.as_deref()).await
+        }
+        Command::Status {
+            ids,
+            json,
+            wait,
+            settled,
+        } => status::run(&settings, &ids, json, wait, settled).await,
+        Command::DeadLetters { .. } => {
+            return usage(
+                "`uidflow dead-letters` is not built yet: it comes with the operator tools. Parked dead letters are in the dead_letters table and on the uid.dead-letter queue",
+            );
+        }
+        Command::Sim => {
+            return usage(
+                "`uidflow sim` is not built yet: the MVD and SMS simulators come with the pipeline",
+            );
+        }
+        Command::Bench => {
+            return usage("`uidflow bench` is not built yet: it comes with the performance work");
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+async fn migrate(settings: Settings) -> anyhow::Result<ExitCode> {
+    let pool = system::prepare(&settings, 2).await?;
+    pool.close().await;
+    println!(
+        "migrations applied to {} and topology declared on {}",
+        settings.database_url_redacted(),
+        settings.amqp_url_redacted()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(
+    settings: Settings,
+    parts: Option<std::collections::BTreeSet<system::Part>>,
+    concurrency: u16,
+) -> anyhow::Result<ExitCode> {
+    let pool = system::prepare(
+        &settings,
+        u32::from(concurrency).saturating_mul(2).clamp(4, 64),
+    )
+    .await?;
+    let mut options = RunOptions {
+        concurrency,
+        ..RunOptions::default()
+    };
+    if let Some(parts) = parts {
+        options.parts = parts;
+    }
+    let names: Vec<_> = options.parts.iter().map(|p| p.as_str()).collect();
+    tracing::info!(parts = ?names, database = %settings.database_url_redacted(), broker = %settings.amqp_url_redacted(), "uidflow running; Ctrl-C to stop");
+    let system = system::start(&settings, &pool, &options);
+    let token = system.token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight work");
+        token.cancel();
+    });
+    system.run_until_cancelled().await;
+    pool.close().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler works on Unix");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

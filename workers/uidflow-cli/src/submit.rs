@@ -1,0 +1,126 @@
+//! `uidflow submit`: publishes files to `uid.intake` as an intake system would — persistent,
+//! `message_id` = `application_id`, publisher confirms — and reports each file.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::Value;
+use uidflow::amqp::{self, Outgoing, PublishResult, Publisher};
+use uidflow::config::Settings;
+use uidflow::topology::{APPLICATION_ROUTING_KEY, INTAKE_EXCHANGE, PHONE_CONFIRMATION_ROUTING_KEY};
+
+/// One thing to publish.
+struct Input {
+    label: String,
+    body: Vec<u8>,
+}
+
+fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<Input>> {
+    let mut inputs = Vec::new();
+    for path in paths {
+        if path == Path::new("-") {
+            let mut body = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut body)
+                .context("reading standard input")?;
+            inputs.push(Input {
+                label: "-".into(),
+                body,
+            });
+        } else if path.is_dir() {
+            let mut files: Vec<_> = std::fs::read_dir(path)
+                .with_context(|| format!("reading directory {}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "json"))
+                .collect();
+            files.sort();
+            for file in files {
+                let body =
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                inputs.push(Input {
+                    label: file.display().to_string(),
+                    body,
+                });
+            }
+        } else {
+            let body =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            inputs.push(Input {
+                label: path.display().to_string(),
+                body,
+            });
+        }
+    }
+    Ok(inputs)
+}
+
+/// The routing key for a body: phone confirmation if it looks like one, else application.
+fn routing_key_for(body: &[u8]) -> &'static str {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) if o.contains_key("code") && !o.contains_key("kind") => {
+            PHONE_CONFIRMATION_ROUTING_KEY
+        }
+        _ => APPLICATION_ROUTING_KEY,
+    }
+}
+
+fn application_id(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(body)
+        .ok()?
+        .get("application_id")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Publishes every input; exit code 1 if any was not confirmed.
+pub async fn run(
+    settings: &Settings,
+    paths: &[PathBuf],
+    routing_key: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let inputs = collect(paths)?;
+    let connection = amqp::connect(settings, "submit").await?;
+    let publisher = Publisher::open(&connection)
+        .await
+        .context("opening a confirm channel")?;
+    let messages: Vec<Outgoing> = inputs
+        .iter()
+        .map(|input| Outgoing {
+            exchange: INTAKE_EXCHANGE.into(),
+            routing_key: routing_key
+                .unwrap_or_else(|| routing_key_for(&input.body))
+                .into(),
+            message_id: application_id(&input.body),
+            content_type: Some("application/json".into()),
+            headers: Value::Object(Default::default()),
+            body: input.body.clone(),
+            mandatory: true,
+        })
+        .collect();
+    let results = publisher.publish_all(&messages).await.context(
+        "publishing to uid.intake (has the topology been declared? run `uidflow migrate`)",
+    )?;
+    let mut failed = 0;
+    for ((input, message), result) in inputs.iter().zip(&messages).zip(results) {
+        let what = match &message.message_id {
+            Some(id) => format!("{} {id}", message.routing_key),
+            None => format!("{} (no application_id)", message.routing_key),
+        };
+        match result {
+            PublishResult::Confirmed => println!("published  {}  {what}  confirmed", input.label),
+            PublishResult::Refused(why) => {
+                failed += 1;
+                println!("FAILED     {}  {what}  {why}", input.label);
+            }
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+    println!("{} published, {failed} failed", inputs.len() - failed);
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
