@@ -16,7 +16,10 @@ use uidflow::system::{self, RunOptions};
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(5000);
     let concurrency: u16 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(32);
     let app = common::TestApp::prepare().await;
@@ -37,7 +40,10 @@ async fn main() {
             .basic_publish(
                 "uid.intake".into(),
                 "application".into(),
-                lapin::options::BasicPublishOptions { mandatory: true, ..Default::default() },
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 body,
                 lapin::BasicProperties::default().with_delivery_mode(2),
             )
@@ -49,9 +55,15 @@ async fn main() {
         confirm.await.expect("confirmed");
     }
     let published = started.elapsed();
-    eprintln!("published {n} applications with confirms in {published:.2?} ({:.0}/s)", n as f64 / published.as_secs_f64());
+    eprintln!(
+        "published {n} applications with confirms in {published:.2?} ({:.0}/s)",
+        n as f64 / published.as_secs_f64()
+    );
 
-    let options = RunOptions { concurrency, ..RunOptions::default() };
+    let options = RunOptions {
+        concurrency,
+        ..RunOptions::default()
+    };
     let started = Instant::now();
     let running = system::start(&app.settings, &app.pool, &options);
     let stats = std::sync::Arc::clone(&running.intake_stats);
@@ -66,7 +78,11 @@ async fn main() {
     let intake = started.elapsed();
     app.wait_for_outbox_drained().await;
     let with_outbox = started.elapsed();
-    assert_eq!(stats.received.load(Ordering::SeqCst) as usize, n, "every application received");
+    assert_eq!(
+        stats.received.load(Ordering::SeqCst) as usize,
+        n,
+        "every application received"
+    );
     println!(
         "intake: {n} applications, concurrency {concurrency}: {:.0} applications/s committed ({intake:.2?}); \
          {:.0}/s including the outbox relay publishing events and hand-offs ({with_outbox:.2?})",

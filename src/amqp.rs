@@ -138,7 +138,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), AmqpE
 pub async fn declare_topology(settings: &Settings) -> Result<(), AmqpError> {
     let connection = connect(settings, "topology").await?;
     let channel = connection.create_channel().await?;
-    declare(&channel, &Topology::new(&settings.retry_delays)).await?;
+    declare(&channel, &Topology::for_settings(settings)).await?;
     let _ = connection.close(200, "topology declared".into()).await;
     Ok(())
 }
@@ -160,6 +160,8 @@ pub struct Outgoing {
     pub body: Vec<u8>,
     /// Ask the broker to return the message if no queue takes it.
     pub mandatory: bool,
+    /// Per-message TTL in milliseconds (retry waits shorter than their queue's TTL).
+    pub expiration_ms: Option<u64>,
 }
 
 /// What the broker said about one publish.
@@ -204,6 +206,9 @@ impl Publisher {
             }
             if let Some(content_type) = &message.content_type {
                 properties = properties.with_content_type(content_type.as_str().into());
+            }
+            if let Some(ttl) = message.expiration_ms {
+                properties = properties.with_expiration(ttl.to_string().into());
             }
             let options = BasicPublishOptions {
                 mandatory: message.mandatory,

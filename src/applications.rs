@@ -168,6 +168,7 @@ async fn enqueue_event(conn: &mut PgConnection, event: &StatusEvent) -> sqlx::Re
         body: serde_json::to_vec(event).expect("an event serialises"),
         // Nobody may be listening to events; that is not an error.
         mandatory: false,
+        expiration_ms: None,
     };
     outbox::enqueue(conn, &message).await
 }
@@ -250,4 +251,89 @@ pub async fn load_view(
         updated_at: row.get("updated_at"),
         history,
     }))
+}
+
+/// An application as a step works on it: valid, normalised, with personal data (never logged).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Id.
+    pub application_id: Uuid,
+    /// Kind.
+    pub kind: Kind,
+    /// Current status.
+    pub status: Status,
+    /// Issuing service.
+    pub issuing_service: Option<String>,
+    /// The applicant's identification number (= the UID).
+    pub identification_number: crate::domain::IdentificationNumber,
+    /// The phone of the application (the new one for `change_phone`), normalised.
+    pub phone: Option<crate::domain::Phone>,
+    /// The whole application, normalised.
+    pub payload: Value,
+}
+
+/// Loads an application for a step, optionally locking its row (`FOR UPDATE`) so that steps
+/// and confirmations of one application never interleave. `None` if unknown or not valid.
+pub async fn load(
+    conn: &mut PgConnection,
+    application_id: Uuid,
+    lock: bool,
+) -> sqlx::Result<Option<Loaded>> {
+    let sql = if lock {
+        "SELECT kind, status, issuing_service, payload FROM applications WHERE application_id = $1 FOR UPDATE"
+    } else {
+        "SELECT kind, status, issuing_service, payload FROM applications WHERE application_id = $1"
+    };
+    let Some(row) = sqlx::query(sql)
+        .bind(application_id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let payload: Value = row.get("payload");
+    let kind = row
+        .get::<Option<String>, _>("kind")
+        .as_deref()
+        .and_then(Kind::parse);
+    let status = Status::parse(row.get("status"));
+    let number = payload
+        .pointer("/applicant/identification_number")
+        .and_then(Value::as_str)
+        .and_then(|n| crate::domain::IdentificationNumber::parse(n).ok());
+    let phone = payload
+        .get("phone")
+        .and_then(Value::as_str)
+        .and_then(|p| crate::domain::Phone::parse(p).ok());
+    Ok(match (kind, status, number) {
+        (Some(kind), Some(status), Some(identification_number)) => Some(Loaded {
+            application_id,
+            kind,
+            status,
+            issuing_service: row.get("issuing_service"),
+            identification_number,
+            phone: if kind.needs_phone() { phone } else { None },
+            payload,
+        }),
+        _ => None,
+    })
+}
+
+/// Adds a history row without changing the status (a retry, a wrong code, an ignored message).
+pub async fn note(
+    conn: &mut PgConnection,
+    application_id: Uuid,
+    step: &str,
+    detail: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO application_history (application_id, status, step, detail)
+         SELECT application_id, status, $2, $3 FROM applications WHERE application_id = $1",
+    )
+    .bind(application_id)
+    .bind(step)
+    .bind(detail)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

@@ -120,6 +120,7 @@ pub async fn park(conn: &mut PgConnection, parked: &Parked<'_>) -> sqlx::Result<
             headers: Value::Object(headers),
             body: parked.message.body.clone(),
             mandatory: true,
+            expiration_ms: None,
         },
     )
     .await?;

@@ -19,17 +19,15 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::amqp::Outgoing;
 use crate::applications::{self, Inserted, NewApplication};
 use crate::config::Settings;
 use crate::consumer::{self, ConsumerConfig, Handled, Handler, Message};
 use crate::dead_letters::{self, ErrorKind, Parked};
 use crate::domain::{FieldError, Reason, ReasonCode, Status};
 use crate::messages::WorkItem;
-use crate::outbox;
 use crate::route;
 use crate::telemetry::metrics as names;
-use crate::topology::{APPLICATION_QUEUE, WORK_EXCHANGE};
+use crate::topology::APPLICATION_QUEUE;
 use crate::validation::{self, Verdict};
 
 /// The step name the intake writes in history rows and dead-letter headers.
@@ -293,24 +291,7 @@ async fn record(
         }
         (Inserted::New, Ok(kind)) => {
             let step = route::first_step(kind);
-            let item = WorkItem {
-                application_id,
-                step: step.into(),
-                attempt: 1,
-            };
-            outbox::enqueue(
-                tx,
-                &Outgoing {
-                    exchange: WORK_EXCHANGE.into(),
-                    routing_key: step.into(),
-                    message_id: Some(format!("{application_id}:{step}:1")),
-                    content_type: Some("application/json".into()),
-                    headers: serde_json::json!({}),
-                    body: serde_json::to_vec(&item).expect("a work item serialises"),
-                    mandatory: true,
-                },
-            )
-            .await?;
+            crate::runtime::enqueue_work(tx, &WorkItem::first(application_id, step), None).await?;
             tracing::info!(application.id = %application_id, kind = kind.as_str(), "application received");
             Ok(Outcome::Received)
         }

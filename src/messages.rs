@@ -30,7 +30,7 @@ pub struct StatusEvent {
     pub at: DateTime<Utc>,
 }
 
-/// The hand-off to a step: which application, and which attempt this is.
+/// The hand-off to a step: which application, which attempt, and what for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkItem {
     /// The application.
@@ -39,4 +39,48 @@ pub struct WorkItem {
     pub step: String,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// Not to be run before this moment (a retry's wait, a `Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+    /// When the first attempt failed, for the dead letter's `x-uid-first-failed-at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_failed_at: Option<DateTime<Utc>>,
+    /// What the step is asked to do.
+    #[serde(default, skip_serializing_if = "Purpose::is_run")]
+    pub purpose: Purpose,
+}
+
+impl WorkItem {
+    /// The first attempt of `step` for an application.
+    pub fn first(application_id: Uuid, step: &str) -> Self {
+        Self {
+            application_id,
+            step: step.to_owned(),
+            attempt: 1,
+            not_before: None,
+            first_failed_at: None,
+            purpose: Purpose::Run,
+        }
+    }
+}
+
+/// What a work item asks of its step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Purpose {
+    /// Run the step (once: the ledger refuses a second time).
+    #[default]
+    Run,
+    /// A phone-confirmation code's time is up: expire it if it is still the current one.
+    ExpireCode {
+        /// The code generation the timer was set for.
+        generation: i32,
+    },
+}
+
+impl Purpose {
+    /// True for [`Purpose::Run`].
+    pub fn is_run(&self) -> bool {
+        matches!(self, Purpose::Run)
+    }
 }

@@ -29,8 +29,8 @@ pub const POLL: Duration = Duration::from_millis(500);
 /// Adds a message to the outbox within the caller's transaction.
 pub async fn enqueue(conn: &mut PgConnection, message: &Outgoing) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO outbox (exchange, routing_key, message_id, content_type, headers, body, mandatory)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO outbox (exchange, routing_key, message_id, content_type, headers, body, mandatory, expiration_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&message.exchange)
     .bind(&message.routing_key)
@@ -39,6 +39,7 @@ pub async fn enqueue(conn: &mut PgConnection, message: &Outgoing) -> sqlx::Resul
     .bind(&message.headers)
     .bind(&message.body)
     .bind(message.mandatory)
+    .bind(message.expiration_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX)))
     .execute(&mut *conn)
     .await?;
     // Notifications are delivered at commit, and duplicates within a transaction fold into one.
@@ -68,7 +69,7 @@ pub async fn relay_once(
 ) -> Result<usize, RelayError> {
     let mut tx = pool.begin().await.map_err(RelayError::Database)?;
     let rows = sqlx::query(
-        "SELECT id, exchange, routing_key, message_id, content_type, headers, body, mandatory
+        "SELECT id, exchange, routing_key, message_id, content_type, headers, body, mandatory, expiration_ms
          FROM outbox WHERE not_before <= now() ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
@@ -90,6 +91,9 @@ pub async fn relay_once(
             headers: row.get("headers"),
             body: row.get("body"),
             mandatory: row.get("mandatory"),
+            expiration_ms: row
+                .get::<Option<i64>, _>("expiration_ms")
+                .map(|ms| ms.max(0) as u64),
         });
     }
     let results = publisher

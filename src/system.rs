@@ -1,8 +1,9 @@
 //! `uidflow run` as a library: prepare the database and the topology, then start the parts
 //! this process hosts, each as a task under one cancellation token.
 //!
-//! Parts not built yet (the pipeline steps, the HTTP API, the simulators) are refused by name
-//! with a clear message rather than pretending to run.
+//! The step parts are started by the binary's composition (`uidflow_cli::start`), which knows
+//! the step crates. A part not built yet (the HTTP API) is refused by name with a clear message
+//! rather than pretending to run.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -25,32 +26,56 @@ pub enum Part {
     Outbox,
     /// The dead-letter keeper of `uid.parking`.
     DeadLetterKeeper,
+    /// The consumer of `uid.intake.phone-confirmation`.
+    PhoneConfirmation,
+    /// Step verify-identity.
+    VerifyIdentity,
+    /// Step confirm-phone.
+    ConfirmPhone,
+    /// Step register.
+    Register,
+    /// Step send-sms.
+    SendSms,
 }
 
 impl Part {
-    /// Every part that exists today.
-    pub const ALL: [Part; 3] = [Part::Intake, Part::Outbox, Part::DeadLetterKeeper];
+    /// Every part.
+    pub const ALL: [Part; 8] = [
+        Part::Intake,
+        Part::Outbox,
+        Part::DeadLetterKeeper,
+        Part::PhoneConfirmation,
+        Part::VerifyIdentity,
+        Part::ConfirmPhone,
+        Part::Register,
+        Part::SendSms,
+    ];
 
-    /// Name on the command line.
+    /// Name on the command line (a step's part is named after the step).
     pub fn as_str(self) -> &'static str {
         match self {
             Part::Intake => "intake",
             Part::Outbox => "outbox",
             Part::DeadLetterKeeper => "dead-letter-keeper",
+            Part::PhoneConfirmation => "phone-confirmation",
+            Part::VerifyIdentity => crate::route::VERIFY_IDENTITY,
+            Part::ConfirmPhone => crate::route::CONFIRM_PHONE,
+            Part::Register => crate::route::REGISTER,
+            Part::SendSms => crate::route::SEND_SMS,
         }
+    }
+
+    /// True for the parts that call the MVD or the SMS gateway.
+    pub fn calls_out(self) -> bool {
+        matches!(
+            self,
+            Part::VerifyIdentity | Part::ConfirmPhone | Part::SendSms
+        )
     }
 }
 
 /// Names of the parts that come with later work, so `--only` can say so plainly.
-const LATER_PARTS: [&str; 7] = [
-    "verify-identity",
-    "confirm-phone",
-    "register",
-    "send-sms",
-    "phone-confirmation",
-    "api",
-    "sim",
-];
+const LATER_PARTS: [&str; 1] = ["api"];
 
 /// Parses `--only intake,outbox`.
 pub fn parse_parts(list: &str) -> Result<BTreeSet<Part>, String> {
@@ -62,7 +87,7 @@ pub fn parse_parts(list: &str) -> Result<BTreeSet<Part>, String> {
             }
             None if LATER_PARTS.contains(&name) => {
                 return Err(format!(
-                    "part {name:?} is not built yet (it comes with the pipeline and API work); parts available now: {}",
+                    "part {name:?} is not built yet (it comes with the HTTP API work); parts available now: {}",
                     Part::ALL.map(Part::as_str).join(", ")
                 ));
             }
@@ -117,7 +142,9 @@ pub struct System {
     pub intake_stats: Arc<IntakeStats>,
 }
 
-/// Starts the parts of `options` on a prepared database.
+/// Starts the core parts of `options` (intake, outbox, keeper) on a prepared database; the
+/// step parts are started by the binary's composition (`uidflow_cli::start`), which knows the
+/// step crates, with [`System::spawn`].
 pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> System {
     let token = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -137,6 +164,7 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> System
             Part::DeadLetterKeeper => {
                 tasks.spawn(dead_letters::run_keeper(settings, pool, token));
             }
+            _ => {}
         }
     }
     System {
@@ -147,6 +175,15 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> System
 }
 
 impl System {
+    /// Runs `task` as part of the system; it gets a child of the system's token.
+    pub fn spawn<F, Fut>(&mut self, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task(self.token.child_token()));
+    }
+
     /// A token that stops the system when cancelled (wire it to SIGINT/SIGTERM).
     pub fn token(&self) -> CancellationToken {
         self.token.clone()
@@ -174,9 +211,10 @@ mod tests {
         assert_eq!(parse_parts("intake, outbox").unwrap().len(), 2);
         assert!(
             parse_parts("verify-identity")
-                .unwrap_err()
-                .contains("not built yet")
+                .unwrap()
+                .contains(&Part::VerifyIdentity)
         );
+        assert!(parse_parts("api").unwrap_err().contains("not built yet"));
         assert!(
             parse_parts("nonsense")
                 .unwrap_err()

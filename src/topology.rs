@@ -46,7 +46,12 @@ pub const APPLICATION_ROUTING_KEY: &str = "application";
 pub const PHONE_CONFIRMATION_ROUTING_KEY: &str = "phone-confirmation";
 
 /// The pipeline steps that have a queue of their own (CONTRACT §4).
-pub const STEPS: [&str; 4] = ["verify-identity", "confirm-phone", "register", "send-sms"];
+pub const STEPS: [&str; 4] = [
+    crate::route::VERIFY_IDENTITY,
+    crate::route::CONFIRM_PHONE,
+    crate::route::REGISTER,
+    crate::route::SEND_SMS,
+];
 
 /// Deliveries of one message before the broker dead-letters it. Our retries go through the
 /// wait queues (the delivery is acked), so this only catches a message that crashes or stalls
@@ -167,8 +172,18 @@ fn work_queue(name: String) -> Queue {
 }
 
 impl Topology {
-    /// The topology for the given retry delays (`RETRY_DELAYS`).
+    /// The topology a process with `settings` needs: retry waits of `RETRY_DELAYS` for every
+    /// step, and for confirm-phone also a wait of `PHONE_CODE_TTL` (the code's expiry timer).
+    pub fn for_settings(settings: &crate::config::Settings) -> Self {
+        Self::with_code_ttl(&settings.retry_delays, Some(settings.phone_code_ttl))
+    }
+
+    /// The topology for the given retry delays (`RETRY_DELAYS`), without a separate code timer.
     pub fn new(retry_delays: &[Duration]) -> Self {
+        Self::with_code_ttl(retry_delays, None)
+    }
+
+    fn with_code_ttl(retry_delays: &[Duration], code_ttl: Option<Duration>) -> Self {
         let exchange = |name: &str, kind| Exchange {
             name: name.into(),
             kind,
@@ -202,6 +217,9 @@ impl Topology {
             queues.push(work_queue(step_queue(step)));
             bindings.push(bind(WORK_EXCHANGE, &step_queue(step), step));
             let mut delays = retry_delays.to_vec();
+            if step == crate::route::CONFIRM_PHONE {
+                delays.extend(code_ttl);
+            }
             delays.sort();
             delays.dedup();
             for delay in delays {

@@ -38,7 +38,16 @@ pub struct TestApp {
     pub system: Option<System>,
     pub connection: Connection,
     pub channel: Channel,
+    /// The MVD and SMS simulators (pipeline tests), served from the test process.
+    pub sim: Option<uidflow::sim::Simulators>,
 }
+
+/// Fast argon2 parameters for tests: the code paths are the same, the cost is not the point.
+pub const TEST_HASH: uidflow::secrets::HashParams = uidflow::secrets::HashParams {
+    memory_kib: 1024,
+    iterations: 1,
+    parallelism: 1,
+};
 
 fn rabbitmqctl(args: &[&str]) {
     let output = Command::new("rabbitmqctl")
@@ -68,8 +77,49 @@ impl TestApp {
         }
     }
 
+    /// The whole pipeline (every part) against simulators served by the test, with short
+    /// retry delays (`200ms,400ms,800ms`: 4 attempts) and `PHONE_CODE_TTL` of `code_ttl`.
+    pub async fn spawn_pipeline(code_ttl: &str) -> Self {
+        Self::spawn_pipeline_with(code_ttl, RunOptions::default()).await
+    }
+
+    /// [`TestApp::spawn_pipeline`] with options.
+    pub async fn spawn_pipeline_with(code_ttl: &str, options: RunOptions) -> Self {
+        let token = tokio_util::sync::CancellationToken::new();
+        let (sim, addr) = uidflow::sim::spawn_local(uidflow::sim::SimConfig::default(), token)
+            .await
+            .expect("simulators start");
+        let extra = [
+            ("RETRY_DELAYS", "200ms,400ms,800ms".to_owned()),
+            ("PHONE_CODE_TTL", code_ttl.to_owned()),
+            ("MVD_URL", uidflow::sim::Simulators::mvd_url(addr)),
+            ("SMS_URL", uidflow::sim::Simulators::sms_url(addr)),
+            ("HTTP_TIMEOUT", "2s".to_owned()),
+        ];
+        let app = Self::prepare_with(&extra).await;
+        let running = uidflow_cli::start(
+            &app.settings,
+            &app.pool,
+            &options,
+            TEST_HASH,
+            Default::default(),
+        )
+        .await
+        .expect("the pipeline starts");
+        Self {
+            system: Some(running.system),
+            sim: Some(sim),
+            ..app
+        }
+    }
+
     /// A fresh vhost and database, migrated and declared, with nothing running.
     pub async fn prepare() -> Self {
+        Self::prepare_with(&[]).await
+    }
+
+    /// [`TestApp::prepare`] with extra configuration variables.
+    pub async fn prepare_with(extra: &[(&str, String)]) -> Self {
         if std::env::var_os("TEST_LOG").is_some() {
             uidflow::telemetry::init(uidflow::config::LogFormat::Text);
         }
@@ -78,7 +128,7 @@ impl TestApp {
         let database = format!("uidflow_test_{suffix}");
         rabbitmqctl(&["add_vhost", &vhost]);
         rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
-        let vars: HashMap<String, String> = [
+        let mut vars: HashMap<String, String> = [
             (
                 "AMQP_URL",
                 format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
@@ -92,6 +142,7 @@ impl TestApp {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
         let settings = Settings::from_map(&vars).expect("test settings are valid");
         let pool = system::prepare(&settings, 16)
             .await
@@ -115,6 +166,7 @@ impl TestApp {
             system: None,
             connection,
             channel,
+            sim: None,
         }
     }
 
@@ -286,6 +338,13 @@ impl TestApp {
         .await
     }
 
+    /// Stops the running system, waiting for its work in flight.
+    pub async fn shutdown_system(&mut self) {
+        if let Some(system) = self.system.take() {
+            system.shutdown().await;
+        }
+    }
+
     /// Stops the system and removes the vhost and the database.
     pub async fn stop(mut self) {
         if let Some(system) = self.system.take() {
@@ -343,4 +402,174 @@ pub fn example_json(name: &str) -> Value {
 pub fn header(delivery: &Delivery, name: &str) -> Option<Value> {
     let headers = uidflow::amqp::headers_to_json(delivery.properties.headers().as_ref());
     headers.get(name).cloned()
+}
+
+/// A valid applicant made up for a test: `n` picks the date of birth, the sequence and the phone.
+pub struct Person {
+    pub identification_number: String,
+    pub date_of_birth: String,
+    pub phone: String,
+}
+
+impl Person {
+    /// A distinct valid person for each `n` below 100 000.
+    pub fn new(n: u32) -> Self {
+        let born = chrono::NaiveDate::from_ymd_opt(1960, 1, 1).unwrap()
+            + chrono::Duration::days(i64::from(n % 15_000));
+        let first13 = format!(
+            "{}{}A{:03}PB",
+            if chrono::Datelike::year(&born) < 2000 {
+                3
+            } else {
+                5
+            },
+            born.format("%d%m%y"),
+            n % 1000
+        );
+        let digit = uidflow::domain::check_digit(&first13).expect("valid characters");
+        Self {
+            identification_number: format!("{first13}{digit}"),
+            date_of_birth: born.format("%Y-%m-%d").to_string(),
+            phone: format!("+37529{:07}", 1_000_000 + n),
+        }
+    }
+
+    /// A person from the MVD simulator's test table.
+    pub fn from_test_table(index: usize) -> Self {
+        let person = &uidflow::sim::mvd::TEST_PEOPLE[index];
+        Self {
+            identification_number: person.identification_number.to_owned(),
+            date_of_birth: person.date_of_birth.to_owned(),
+            phone: format!("+37533{:07}", 5_000_000 + index),
+        }
+    }
+
+    /// An application of `kind` for this person (with this person's phone where the kind needs one).
+    pub fn application(&self, kind: &str) -> Value {
+        let mut application = serde_json::json!({
+            "application_id": Uuid::new_v4().to_string(),
+            "kind": kind,
+            "submitted_at": "2026-11-22T10:15:00+03:00",
+            "issuing_service": {"code": "minsk-sov-oa"},
+            "applicant": {
+                "surname": "Іваноў", "given_name": "Іван", "patronymic": null,
+                "date_of_birth": self.date_of_birth, "identification_number": self.identification_number
+            },
+            "document": {"type": "passport", "number": "MP1234567"},
+            "consent_to_verification": true
+        });
+        if kind == "issue" || kind == "change_phone" {
+            application["phone"] = Value::from(self.phone.clone());
+            application["phone_use_attested"] = Value::from(true);
+        }
+        application
+    }
+}
+
+impl TestApp {
+    /// The simulators (pipeline tests only).
+    pub fn sim(&self) -> &uidflow::sim::Simulators {
+        self.sim
+            .as_ref()
+            .expect("a pipeline test app has simulators")
+    }
+
+    /// Waits until the application reaches `status`; fails early on another end state.
+    pub async fn wait_for_status(&self, id: &str, status: &str) {
+        let reached = wait_until(&format!("application {id} to be {status}"), || async {
+            match self.status_of(id).await {
+                Some(s) if s == status => Some(Ok(())),
+                Some(s) if ["completed", "rejected", "failed"].contains(&s.as_str()) => {
+                    Some(Err(s))
+                }
+                _ => None,
+            }
+        })
+        .await;
+        if let Err(other) = reached {
+            let history = self.history(id).await;
+            panic!("application {id} ended {other}, not {status}; history: {history:#?}");
+        }
+    }
+
+    /// The application's history as (status, step, detail).
+    pub async fn history(&self, id: &str) -> Vec<(String, String, Option<String>)> {
+        sqlx::query_as("SELECT status, step, detail FROM application_history WHERE application_id = $1::uuid ORDER BY id")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .expect("history")
+    }
+
+    /// The reason code of a rejected application.
+    pub async fn reason_code(&self, id: &str) -> Option<String> {
+        sqlx::query_scalar(
+            "SELECT reason->>'code' FROM applications WHERE application_id = $1::uuid",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .expect("reason")
+    }
+
+    /// Publishes a phone confirmation.
+    pub async fn publish_code(&self, id: &str, code: &str) {
+        let body = serde_json::json!({"application_id": id, "code": code});
+        self.publish(
+            "phone-confirmation",
+            &serde_json::to_vec(&body).unwrap(),
+            Some(id),
+        )
+        .await;
+    }
+
+    /// The code in the last code SMS to `phone`.
+    pub fn last_code(&self, phone: &str) -> String {
+        let messages = self.sim().messages_to(phone);
+        messages
+            .iter()
+            .rev()
+            .find_map(|m| uidflow::sms::texts::code_in(&m.text))
+            .expect("a code SMS was sent to the phone")
+            .to_owned()
+    }
+
+    /// Waits for the code SMS, then types it back as the clerk would.
+    pub async fn confirm_phone(&self, id: &str, phone: &str) {
+        self.wait_for_status(id, "awaiting_phone_confirmation")
+            .await;
+        let code = self.last_code(phone);
+        self.publish_code(id, &code).await;
+    }
+
+    /// Runs an application of `kind` for `person` to `completed` (confirming the phone if asked).
+    pub async fn complete(&self, person: &Person, kind: &str) -> String {
+        let application = person.application(kind);
+        let id = application["application_id"].as_str().unwrap().to_owned();
+        self.publish_application(&application).await;
+        if kind == "issue" || kind == "change_phone" {
+            self.confirm_phone(&id, &person.phone).await;
+        }
+        self.wait_for_status(&id, "completed").await;
+        id
+    }
+
+    /// The registry row of a UID: (status, phone, password_hash).
+    pub async fn registry(&self, uid: &str) -> Option<(String, String, Option<String>)> {
+        sqlx::query_as("SELECT status, phone, password_hash FROM uid_registry WHERE uid = $1")
+            .bind(uid)
+            .fetch_optional(&self.pool)
+            .await
+            .expect("registry")
+    }
+
+    /// True if the password in the last SMS to `phone` verifies against the registry's hash.
+    pub async fn last_password_works(&self, uid: &str, phone: &str) -> bool {
+        let (_, _, hash) = self.registry(uid).await.expect("a registry row");
+        let messages = self.sim().messages_to(phone);
+        let text = &messages.last().expect("an SMS to the phone").text;
+        let password =
+            uidflow::sms::texts::password_in(text).expect("the last SMS carries a password");
+        uidflow::secrets::verify(password, &hash.expect("a password hash"))
+    }
 }

@@ -17,7 +17,7 @@ fn shipped() -> Value {
 
 fn default_topology() -> Topology {
     let settings = uidflow::config::Settings::from_map(&Default::default()).unwrap();
-    Topology::new(&settings.retry_delays)
+    Topology::for_settings(&settings)
 }
 
 #[test]

@@ -107,7 +107,7 @@ async fn main() -> ExitCode {
         Command::Migrate {
             print_definitions: true,
         } => {
-            let topology = uidflow::topology::Topology::new(&settings.retry_delays);
+            let topology = uidflow::topology::Topology::for_settings(&settings);
             println!(
                 "{}",
                 serde_json::to_string_pretty(&topology.definitions())

@@ -97,6 +97,7 @@ pub async fn run(
             headers: Value::Object(Default::default()),
             body: input.body.clone(),
             mandatory: true,
+            expiration_ms: None,
         })
         .collect();
     let results = publisher.publish_all(&messages).await.context(

@@ -1,0 +1,571 @@
+//! The step runtime: everything a step needs except its business decision.
+//!
+//! For each work item on `uid.step.<NAME>` it: decodes it (an unreadable one is parked), waits
+//! out a `not_before` that has not come yet, loads the application, skips it if the step is in
+//! the ledger already or the application has ended, calls [`Step::call`] (outside any
+//! transaction), then opens one transaction that locks the application row, re-checks the
+//! ledger, runs [`Step::commit`], and writes the ledger row, the status change, the history
+//! row, the event and the hand-off — and only after that commit is the delivery acked.
+//!
+//! A transient failure schedules the next attempt through `uid.retry.<NAME>.<delay>` (delay from
+//! `RETRY_DELAYS` with jitter, never earlier than a `Retry-After`), with a history note, and acks.
+//! After the last attempt, or at once for a permanent failure, the work item is parked and the
+//! application is `failed`. A step never sees the broker and never acks.
+
+mod error;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+pub use error::StepError;
+
+use crate::amqp::Outgoing;
+use crate::applications::{self, Loaded};
+use crate::config::{Settings, format_duration};
+use crate::consumer::{self, ConsumerConfig, Handled, Handler, Message};
+use crate::dead_letters::{self, ErrorKind, Parked};
+use crate::domain::{Reason, Status};
+use crate::messages::WorkItem;
+use crate::outbox;
+use crate::route::{self, Next};
+use crate::topology::{RETRY_EXCHANGE, WORK_EXCHANGE, retry_routing_key, step_queue};
+
+/// Histogram of one step attempt, by `step` and `outcome`.
+pub const STEP_DURATION_SECONDS: &str = "uidflow_step_duration_seconds";
+
+/// What the runtime hands a step.
+#[derive(Clone)]
+pub struct StepContext {
+    /// The process's settings.
+    pub settings: Settings,
+    /// The database.
+    pub pool: PgPool,
+}
+
+/// What a step decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done: go on to the next step of the route.
+    Next,
+    /// Done for now: the application waits in `status` for something outside (a phone code).
+    Waiting(Status),
+    /// The application is refused.
+    Rejected(Reason),
+    /// Something that needs no status change (a timer that found nothing to do).
+    Nothing,
+}
+
+impl Outcome {
+    /// A short label (ledger rows, metrics).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Next => "next",
+            Outcome::Waiting(_) => "waiting",
+            Outcome::Rejected(_) => "rejected",
+            Outcome::Nothing => "nothing",
+        }
+    }
+}
+
+/// The one contract a step implements.
+pub trait Step: Send + Sync + 'static {
+    /// Stable name: queue `uid.step.<NAME>`, metric label `step`, header `x-uid-step`.
+    const NAME: &'static str;
+    /// What [`Step::call`] hands to [`Step::commit`].
+    type Prepared: Send;
+
+    /// Work outside the database transaction (an idempotent external call). No lock is held.
+    fn call(
+        &self,
+        cx: &StepContext,
+        application: &Loaded,
+        item: &WorkItem,
+    ) -> impl Future<Output = Result<Self::Prepared, StepError>> + Send;
+
+    /// The decision and its database effects, in the runtime's transaction, with the
+    /// application row locked. A step whose external call must not interleave with another
+    /// attempt (a secret sent by SMS) makes that call here.
+    fn commit(
+        &self,
+        cx: &StepContext,
+        tx: &mut PgConnection,
+        application: &Loaded,
+        item: &WorkItem,
+        prepared: Self::Prepared,
+    ) -> impl Future<Output = Result<Outcome, StepError>> + Send;
+}
+
+/// Runs `step` on its queue until cancelled, `concurrency` deliveries at a time.
+pub async fn run<S: Step>(
+    settings: Settings,
+    pool: PgPool,
+    step: S,
+    concurrency: u16,
+    token: CancellationToken,
+) {
+    let config = ConsumerConfig {
+        role: S::NAME,
+        queue: step_queue(S::NAME),
+        prefetch: concurrency,
+    };
+    let runner = Arc::new(StepRunner {
+        cx: StepContext {
+            settings: settings.clone(),
+            pool,
+        },
+        step,
+    });
+    consumer::run(settings, config, runner, token).await;
+}
+
+/// Adds the hand-off of `item` to its step's queue (or a retry wait queue) to the outbox.
+pub async fn enqueue_work(
+    conn: &mut PgConnection,
+    item: &WorkItem,
+    wait: Option<Wait>,
+) -> sqlx::Result<()> {
+    let (exchange, routing_key, expiration_ms) = match wait {
+        None => (WORK_EXCHANGE, item.step.clone(), None),
+        Some(wait) => (
+            RETRY_EXCHANGE,
+            retry_routing_key(&item.step, wait.queue_delay),
+            Some(u64::try_from(wait.delay.as_millis()).unwrap_or(u64::MAX)),
+        ),
+    };
+    let message = Outgoing {
+        exchange: exchange.into(),
+        routing_key,
+        message_id: Some(format!(
+            "{}:{}:{}",
+            item.application_id, item.step, item.attempt
+        )),
+        content_type: Some("application/json".into()),
+        headers: serde_json::json!({}),
+        body: serde_json::to_vec(item).expect("a work item serialises"),
+        mandatory: true,
+        expiration_ms,
+    };
+    outbox::enqueue(conn, &message).await
+}
+
+/// A wait before a work item runs again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    /// The wait queue to use: its TTL (one of the configured delays) is at least `delay`,
+    /// or is the longest there is (the item's `not_before` then makes it wait again).
+    pub queue_delay: Duration,
+    /// How long this item should wait.
+    pub delay: Duration,
+}
+
+/// Chooses the wait queue for `delay` among `delays` (the configured waits).
+pub fn wait_for(delay: Duration, delays: &[Duration]) -> Wait {
+    let mut sorted = delays.to_vec();
+    sorted.sort();
+    let queue_delay = sorted
+        .iter()
+        .copied()
+        .find(|d| *d >= delay)
+        .or_else(|| sorted.last().copied())
+        .unwrap_or(delay);
+    Wait {
+        queue_delay,
+        delay: delay.min(queue_delay),
+    }
+}
+
+/// The retry plan after attempt `attempt` failed transiently: `None` when the attempts are used
+/// up. The delay is `RETRY_DELAYS[attempt-1]` minus up to 20 % jitter, but never less than a
+/// `Retry-After`.
+pub fn retry_delay(
+    attempt: u32,
+    delays: &[Duration],
+    retry_after: Option<Duration>,
+) -> Option<Duration> {
+    let base = *delays.get(usize::try_from(attempt).ok()?.checked_sub(1)?)?;
+    let jittered = crate::retry::jitter(base, 0.2, Duration::ZERO).min(base);
+    Some(jittered.max(retry_after.unwrap_or_default()))
+}
+
+struct StepRunner<S: Step> {
+    cx: StepContext,
+    step: S,
+}
+
+impl<S: Step> Handler for StepRunner<S> {
+    async fn handle(&self, message: &Message) -> anyhow::Result<Handled> {
+        let started = Instant::now();
+        let outcome = self.handle_item(message).await?;
+        ::metrics::histogram!(STEP_DURATION_SECONDS, "step" => S::NAME, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        Ok(Handled::Ack)
+    }
+}
+
+impl<S: Step> StepRunner<S> {
+    /// Handles one delivery; returns the outcome label. `Err` only when the database fails.
+    async fn handle_item(&self, message: &Message) -> anyhow::Result<&'static str> {
+        let pool = &self.cx.pool;
+        let item: WorkItem = match serde_json::from_slice(&message.body) {
+            Ok(item) => item,
+            Err(error) => {
+                let mut tx = pool.begin().await?;
+                let why = format!("the work item is not readable ({error})");
+                park(
+                    &mut tx,
+                    S::NAME,
+                    message,
+                    None,
+                    ErrorKind::Malformed,
+                    why,
+                    1,
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok("malformed");
+            }
+        };
+        let id = item.application_id;
+        let span = tracing::info_span!("step", step = S::NAME, application.id = %id, attempt = item.attempt);
+        let _entered = span.enter();
+        if let Some(not_before) = item.not_before {
+            let left = (not_before - Utc::now()).to_std().unwrap_or_default();
+            if left > Duration::from_millis(50) {
+                // Early out of its wait queue (the queue's TTL is shorter): wait again.
+                let mut tx = pool.begin().await?;
+                enqueue_work(&mut tx, &item, Some(wait_for(left, &self.waits()))).await?;
+                tx.commit().await?;
+                return Ok("waiting");
+            }
+        }
+        let mut conn = pool.acquire().await?;
+        let Some(application) = applications::load(&mut conn, id, false).await? else {
+            drop(conn);
+            let mut tx = pool.begin().await?;
+            let why = format!("application {id} does not exist or is not a valid application");
+            park(
+                &mut tx,
+                S::NAME,
+                message,
+                Some(id),
+                ErrorKind::Invalid,
+                why,
+                item.attempt,
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok("invalid");
+        };
+        if application.status.is_final()
+            || (item.purpose.is_run() && ledger_has(&mut conn, id, S::NAME).await?)
+        {
+            tracing::debug!("already done; nothing to do");
+            return Ok("duplicate");
+        }
+        drop(conn);
+        if S::NAME == route::VERIFY_IDENTITY && application.status == Status::Received {
+            let mut tx = pool.begin().await?;
+            applications::transition(&mut tx, id, Status::VerifyingIdentity, S::NAME, None, None)
+                .await?;
+            tx.commit().await?;
+        }
+        let prepared = match self.step.call(&self.cx, &application, &item).await {
+            Ok(prepared) => prepared,
+            Err(error) => return self.failed(message, &item, error).await,
+        };
+        let mut tx = pool.begin().await?;
+        let Some(locked) = applications::load(&mut tx, id, true).await? else {
+            return Ok("invalid");
+        };
+        if locked.status.is_final()
+            || (item.purpose.is_run() && ledger_has(&mut tx, id, S::NAME).await?)
+        {
+            return Ok("duplicate");
+        }
+        match self
+            .step
+            .commit(&self.cx, &mut tx, &locked, &item, prepared)
+            .await
+        {
+            Ok(outcome) => {
+                let label = apply(&mut tx, &locked, &item, S::NAME, &outcome).await?;
+                tx.commit().await?;
+                Ok(label)
+            }
+            Err(error) => {
+                drop(tx);
+                self.failed(message, &item, error).await
+            }
+        }
+    }
+
+    fn waits(&self) -> Vec<Duration> {
+        let mut waits = self.cx.settings.retry_delays.clone();
+        if S::NAME == route::CONFIRM_PHONE {
+            waits.push(self.cx.settings.phone_code_ttl);
+        }
+        waits
+    }
+
+    async fn failed(
+        &self,
+        message: &Message,
+        item: &WorkItem,
+        error: StepError,
+    ) -> anyhow::Result<&'static str> {
+        let mut tx = self.cx.pool.begin().await?;
+        let id = item.application_id;
+        let label = match &error {
+            StepError::Transient {
+                source,
+                retry_after,
+            } => match retry_delay(item.attempt, &self.cx.settings.retry_delays, *retry_after) {
+                Some(delay) => {
+                    let next = WorkItem {
+                        attempt: item.attempt + 1,
+                        not_before: Some(
+                            Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+                        ),
+                        first_failed_at: item.first_failed_at.or(Some(Utc::now())),
+                        ..item.clone()
+                    };
+                    enqueue_work(&mut tx, &next, Some(wait_for(delay, &self.waits()))).await?;
+                    let detail = format!(
+                        "attempt {} failed ({source:#}); attempt {} in {}",
+                        item.attempt,
+                        item.attempt + 1,
+                        format_duration(Duration::from_secs(delay.as_secs().max(1)))
+                    );
+                    applications::note(&mut tx, id, S::NAME, &detail).await?;
+                    tracing::warn!(
+                        error = format!("{source:#}"),
+                        delay_ms = delay.as_millis() as u64,
+                        "step failed; will retry"
+                    );
+                    "retried"
+                }
+                None => {
+                    let why = format!("gave up after {} attempts: {source:#}", item.attempt);
+                    let first = item.first_failed_at;
+                    let dead = park_work(
+                        &mut tx,
+                        S::NAME,
+                        message,
+                        item,
+                        ErrorKind::Exhausted,
+                        why.clone(),
+                        first,
+                    )
+                    .await?;
+                    let detail = format!("{why}; parked as dead letter {dead}");
+                    applications::transition(
+                        &mut tx,
+                        id,
+                        Status::Failed,
+                        S::NAME,
+                        None,
+                        Some(&detail),
+                    )
+                    .await?;
+                    tracing::error!(
+                        error = format!("{source:#}"),
+                        dead_letter.id = dead,
+                        "step exhausted its attempts; application failed"
+                    );
+                    "exhausted"
+                }
+            },
+            StepError::Permanent(source) => {
+                let why = format!("{source:#}");
+                let dead = park_work(
+                    &mut tx,
+                    S::NAME,
+                    message,
+                    item,
+                    ErrorKind::Permanent,
+                    why.clone(),
+                    item.first_failed_at,
+                )
+                .await?;
+                let detail = format!("permanent failure: {why}; parked as dead letter {dead}");
+                applications::transition(&mut tx, id, Status::Failed, S::NAME, None, Some(&detail))
+                    .await?;
+                tracing::error!(error = %why, dead_letter.id = dead, "step failed permanently; application failed");
+                "permanent"
+            }
+        };
+        tx.commit().await?;
+        Ok(label)
+    }
+}
+
+/// Writes the ledger row and carries out the outcome (status, history, event, hand-off).
+async fn apply(
+    tx: &mut PgConnection,
+    application: &Loaded,
+    item: &WorkItem,
+    step: &'static str,
+    outcome: &Outcome,
+) -> sqlx::Result<&'static str> {
+    let id = application.application_id;
+    if item.purpose.is_run() {
+        let recorded = serde_json::json!({"outcome": outcome.label()});
+        sqlx::query("INSERT INTO step_ledger (application_id, step, outcome) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(step)
+            .bind(recorded)
+            .execute(&mut *tx)
+            .await?;
+    }
+    match outcome {
+        Outcome::Next => hand_off(tx, application, step).await?,
+        Outcome::Waiting(status) if *status != application.status => {
+            applications::transition(tx, id, *status, step, None, None).await?;
+        }
+        Outcome::Rejected(reason) => {
+            applications::transition(tx, id, Status::Rejected, step, Some(reason), None).await?;
+        }
+        Outcome::Waiting(_) | Outcome::Nothing => {}
+    }
+    Ok(outcome.label())
+}
+
+/// Moves an application past `step`: the next step's status and work item, or `completed`.
+pub async fn hand_off(tx: &mut PgConnection, application: &Loaded, step: &str) -> sqlx::Result<()> {
+    let id = application.application_id;
+    match route::next(application.kind, step) {
+        Next::Step { step: next, status } => {
+            if let Some(status) = status.filter(|s| *s != application.status) {
+                applications::transition(tx, id, status, step, None, None).await?;
+            }
+            enqueue_work(tx, &WorkItem::first(id, next), None).await
+        }
+        Next::Done => {
+            applications::transition(tx, id, Status::Completed, step, None, None).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn ledger_has(
+    conn: &mut PgConnection,
+    application_id: uuid::Uuid,
+    step: &str,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM step_ledger WHERE application_id = $1 AND step = $2)",
+    )
+    .bind(application_id)
+    .bind(step)
+    .fetch_one(&mut *conn)
+    .await
+}
+
+async fn park(
+    tx: &mut PgConnection,
+    step: &str,
+    message: &Message,
+    application_id: Option<uuid::Uuid>,
+    kind: ErrorKind,
+    error: String,
+    attempts: u32,
+) -> sqlx::Result<i64> {
+    let parked = Parked {
+        application_id,
+        step,
+        kind,
+        error,
+        reason_code: None,
+        message,
+        attempts,
+        first_failed_at: message.received_at,
+    };
+    dead_letters::park(tx, &parked).await
+}
+
+async fn park_work(
+    tx: &mut PgConnection,
+    step: &str,
+    message: &Message,
+    item: &WorkItem,
+    kind: ErrorKind,
+    error: String,
+    first_failed_at: Option<chrono::DateTime<Utc>>,
+) -> sqlx::Result<i64> {
+    let parked = Parked {
+        application_id: Some(item.application_id),
+        step,
+        kind,
+        error,
+        reason_code: None,
+        message,
+        attempts: item.attempt,
+        first_failed_at: first_failed_at.unwrap_or(message.received_at),
+    };
+    dead_letters::park(tx, &parked).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delays() -> Vec<Duration> {
+        [1, 5, 30, 120, 600].map(Duration::from_secs).to_vec()
+    }
+
+    #[test]
+    fn retry_delays_follow_the_schedule_with_downward_jitter_then_give_up() {
+        for (attempt, base) in [(1, 1), (2, 5), (3, 30), (4, 120), (5, 600)] {
+            for _ in 0..100 {
+                let delay = retry_delay(attempt, &delays(), None).expect("an attempt is left");
+                let base = Duration::from_secs(base);
+                assert!(
+                    delay <= base && delay >= base.mul_f64(0.8),
+                    "attempt {attempt}: {delay:?}"
+                );
+            }
+        }
+        assert_eq!(retry_delay(6, &delays(), None), None, "6 attempts in all");
+        assert_eq!(retry_delay(0, &delays(), None), None);
+    }
+
+    #[test]
+    fn a_retry_after_is_never_undercut() {
+        for _ in 0..100 {
+            let delay = retry_delay(1, &delays(), Some(Duration::from_secs(7))).unwrap();
+            assert_eq!(delay, Duration::from_secs(7));
+        }
+        let long = retry_delay(5, &delays(), Some(Duration::from_secs(3600))).unwrap();
+        assert_eq!(long, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_wait_uses_the_shortest_queue_long_enough_or_the_longest() {
+        assert_eq!(
+            wait_for(Duration::from_secs(7), &delays()),
+            Wait {
+                queue_delay: Duration::from_secs(30),
+                delay: Duration::from_secs(7)
+            }
+        );
+        assert_eq!(
+            wait_for(Duration::from_millis(900), &delays()),
+            Wait {
+                queue_delay: Duration::from_secs(1),
+                delay: Duration::from_millis(900)
+            }
+        );
+        assert_eq!(
+            wait_for(Duration::from_secs(3600), &delays()),
+            Wait {
+                queue_delay: Duration::from_secs(600),
+                delay: Duration::from_secs(600)
+            }
+        );
+    }
+}

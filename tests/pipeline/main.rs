@@ -1,0 +1,11 @@
+//! The whole pipeline against real RabbitMQ and PostgreSQL, with the simulators over real HTTP.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod crash;
+mod duplicates;
+mod kinds;
+mod phone;
+mod rejections;
+mod retries;

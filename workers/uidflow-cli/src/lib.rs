@@ -1,0 +1,94 @@
+//! The composition of a uidflow process: the core parts from `uidflow::system`, the steps from
+//! the step crates, and the simulators for any external system whose URL is not set. It lives
+//! here, above every step crate, because the library cannot depend on the steps (they depend on
+//! it). Tests start the whole pipeline through [`start`].
+
+use std::net::SocketAddr;
+
+use sqlx::PgPool;
+use uidflow::config::Settings;
+use uidflow::runtime;
+use uidflow::secrets::HashParams;
+use uidflow::sim::{self, SimConfig, Simulators};
+use uidflow::system::{self, Part, RunOptions, System};
+
+/// A running process.
+pub struct Running {
+    /// The tasks, under one token.
+    pub system: System,
+    /// The settings in effect (with the simulators' URLs filled in).
+    pub settings: Settings,
+    /// The in-process simulators and their address, when they run.
+    pub simulators: Option<(Simulators, SocketAddr)>,
+}
+
+/// Starts the parts of `options`: core parts, simulators if needed, steps.
+pub async fn start(
+    settings: &Settings,
+    pool: &PgPool,
+    options: &RunOptions,
+    hash_params: HashParams,
+    sim_config: SimConfig,
+) -> anyhow::Result<Running> {
+    let mut settings = settings.clone();
+    let mut system = system::start(&settings, pool, options);
+    let calls_out = options.parts.iter().any(|part| part.calls_out());
+    let simulators = if calls_out && (settings.mvd_url.is_none() || settings.sms_url.is_none()) {
+        let (simulators, addr) = sim::spawn_local(sim_config, system.token().child_token()).await?;
+        if settings.mvd_url.is_none() {
+            settings.mvd_url = Some(Simulators::mvd_url(addr).parse()?);
+        }
+        if settings.sms_url.is_none() {
+            settings.sms_url = Some(Simulators::sms_url(addr).parse()?);
+        }
+        tracing::info!(%addr, "MVD and SMS simulators running in-process (MVD_URL / SMS_URL unset)");
+        Some((simulators, addr))
+    } else {
+        None
+    };
+    let http = uidflow::http::client(settings.http_timeout);
+    let mvd_url = settings
+        .mvd_url
+        .as_ref()
+        .map(|u| u.as_str().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    let sms_url = settings
+        .sms_url
+        .as_ref()
+        .map(|u| u.as_str().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    let concurrency = options.concurrency;
+    for part in &options.parts {
+        let (settings, pool) = (settings.clone(), pool.clone());
+        match part {
+            Part::VerifyIdentity => {
+                let step = verify_identity::VerifyIdentity::new(&mvd_url, http.clone());
+                system.spawn(move |token| runtime::run(settings, pool, step, concurrency, token));
+            }
+            Part::ConfirmPhone => {
+                let step = confirm_phone::ConfirmPhone::new(&sms_url, http.clone(), hash_params);
+                system.spawn(move |token| runtime::run(settings, pool, step, concurrency, token));
+            }
+            Part::Register => {
+                system.spawn(move |token| {
+                    runtime::run(settings, pool, registry::Register, concurrency, token)
+                });
+            }
+            Part::SendSms => {
+                let step = send_sms::SendSms::new(&sms_url, http.clone(), hash_params);
+                system.spawn(move |token| runtime::run(settings, pool, step, concurrency, token));
+            }
+            Part::PhoneConfirmation => {
+                system.spawn(move |token| {
+                    confirm_phone::run_consumer(settings, pool, concurrency, token)
+                });
+            }
+            Part::Intake | Part::Outbox | Part::DeadLetterKeeper => {}
+        }
+    }
+    Ok(Running {
+        system,
+        settings,
+        simulators,
+    })
+}
