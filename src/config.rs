@@ -65,6 +65,9 @@ pub struct Settings {
     pub http_timeout: Duration,
     /// Log output format.
     pub log_format: LogFormat,
+    /// argon2id cost of password and code hashes (`ARGON2_MEMORY_KIB`, `ARGON2_ITERATIONS`,
+    /// `ARGON2_PARALLELISM`; default OWASP's 19456 KiB, 2, 1).
+    pub hash_params: crate::secrets::HashParams,
 }
 
 impl Settings {
@@ -155,6 +158,7 @@ impl Settings {
             )?,
             http_timeout: parse_duration_var("HTTP_TIMEOUT", get("HTTP_TIMEOUT"), "10s")?,
             log_format,
+            hash_params: hash_params(&get)?,
         })
     }
 
@@ -214,6 +218,28 @@ pub fn format_duration(duration: Duration) -> String {
     humantime::format_duration(duration).to_string()
 }
 
+fn hash_params<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<crate::secrets::HashParams, ConfigError> {
+    let owasp = crate::secrets::HashParams::owasp();
+    let number = |variable: &'static str, default: u32, minimum: u32| -> Result<u32, ConfigError> {
+        match get(variable) {
+            None => Ok(default),
+            Some(text) => match text.parse::<u32>() {
+                Ok(n) if n >= minimum => Ok(n),
+                _ => Err(ConfigError {
+                    variable,
+                    problem: format!("{text:?} is not a whole number of at least {minimum}"),
+                }),
+            },
+        }
+    };
+    let parallelism = number("ARGON2_PARALLELISM", owasp.parallelism, 1)?;
+    Ok(crate::secrets::HashParams {
+        memory_kib: number("ARGON2_MEMORY_KIB", owasp.memory_kib, 8 * parallelism)?,
+        iterations: number("ARGON2_ITERATIONS", owasp.iterations, 1)?,
+        parallelism,
+    })
+}
+
 fn parse_duration_var(
     variable: &'static str,
     value: Option<&str>,
@@ -270,6 +296,7 @@ mod tests {
         assert_eq!(s.temp_password_ttl, Duration::from_secs(72 * 3600));
         assert_eq!(s.http_timeout, Duration::from_secs(10));
         assert!(s.mvd_url.is_none() && s.sms_url.is_none());
+        assert_eq!(s.hash_params, crate::secrets::HashParams::owasp());
     }
 
     #[test]
@@ -310,6 +337,8 @@ mod tests {
             ("PHONE_CODE_TTL", "0s", "positive duration"),
             ("MVD_URL", "ftp://x", "use http or https"),
             ("LOG_FORMAT", "xml", "text or json"),
+            ("ARGON2_ITERATIONS", "0", "at least 1"),
+            ("ARGON2_MEMORY_KIB", "4", "at least 8"),
             (
                 "API_TOKENS_FILE",
                 "/no/such/file.toml",

@@ -269,9 +269,15 @@ impl<S: Step> StepRunner<S> {
         }
         drop(conn);
         if S::NAME == route::VERIFY_IDENTITY && application.status == Status::Received {
+            // Show the check as running while it runs (and while it waits for retries), under
+            // the row lock, so a duplicate delivery does not write the change twice.
             let mut tx = pool.begin().await?;
-            applications::transition(&mut tx, id, Status::VerifyingIdentity, S::NAME, None, None)
-                .await?;
+            if let Some(locked) = applications::load(&mut tx, id, true).await?
+                && locked.status == Status::Received
+            {
+                applications::transition(&mut tx, id, Status::VerifyingIdentity, S::NAME, None, None)
+                    .await?;
+            }
             tx.commit().await?;
         }
         let prepared = match self.step.call(&self.cx, &application, &item).await {

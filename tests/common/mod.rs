@@ -42,12 +42,9 @@ pub struct TestApp {
     pub sim: Option<uidflow::sim::Simulators>,
 }
 
-/// Fast argon2 parameters for tests: the code paths are the same, the cost is not the point.
-pub const TEST_HASH: uidflow::secrets::HashParams = uidflow::secrets::HashParams {
-    memory_kib: 1024,
-    iterations: 1,
-    parallelism: 1,
-};
+/// Fast argon2 parameters for tests (`ARGON2_MEMORY_KIB`, `ARGON2_ITERATIONS`): the code
+/// paths are the same, the cost is not the point.
+pub const TEST_HASH_ENV: [(&str, &str); 2] = [("ARGON2_MEMORY_KIB", "1024"), ("ARGON2_ITERATIONS", "1")];
 
 fn rabbitmqctl(args: &[&str]) {
     let output = Command::new("rabbitmqctl")
@@ -95,13 +92,14 @@ impl TestApp {
             ("MVD_URL", uidflow::sim::Simulators::mvd_url(addr)),
             ("SMS_URL", uidflow::sim::Simulators::sms_url(addr)),
             ("HTTP_TIMEOUT", "2s".to_owned()),
+            (TEST_HASH_ENV[0].0, TEST_HASH_ENV[0].1.to_owned()),
+            (TEST_HASH_ENV[1].0, TEST_HASH_ENV[1].1.to_owned()),
         ];
         let app = Self::prepare_with(&extra).await;
         let running = uidflow_cli::start(
             &app.settings,
             &app.pool,
             &options,
-            TEST_HASH,
             Default::default(),
         )
         .await

@@ -3,7 +3,6 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod crash;
 mod duplicates;
 mod kinds;
 mod phone;

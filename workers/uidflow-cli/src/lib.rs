@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use sqlx::PgPool;
 use uidflow::config::Settings;
 use uidflow::runtime;
-use uidflow::secrets::HashParams;
 use uidflow::sim::{self, SimConfig, Simulators};
 use uidflow::system::{self, Part, RunOptions, System};
 
@@ -27,7 +26,6 @@ pub async fn start(
     settings: &Settings,
     pool: &PgPool,
     options: &RunOptions,
-    hash_params: HashParams,
     sim_config: SimConfig,
 ) -> anyhow::Result<Running> {
     let mut settings = settings.clone();
@@ -58,6 +56,7 @@ pub async fn start(
         .map(|u| u.as_str().trim_end_matches('/').to_owned())
         .unwrap_or_default();
     let concurrency = options.concurrency;
+    let hash_params = settings.hash_params;
     for part in &options.parts {
         let (settings, pool) = (settings.clone(), pool.clone());
         match part {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use uidflow::config::Settings;
+use uidflow::sim::{Faults, SimConfig, Simulators};
 use uidflow::system::{self, RunOptions};
 
 #[derive(Debug, Parser)]
@@ -26,7 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Everything in one process: migrations, topology, intake, outbox relay, dead-letter keeper.
+    /// Everything in one process: migrations, topology, intake, every step, outbox relay,
+    /// dead-letter keeper, and the simulators for MVD_URL / SMS_URL when unset.
     Run {
         /// Host only these parts (comma-separated), e.g. `--only intake`.
         #[arg(long, value_name = "PART,…")]
@@ -74,8 +76,30 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Only the external-system simulators (come with the pipeline).
-    Sim,
+    /// Only the external-system simulators (MVD and SMS gateway), for tests of other systems.
+    Sim {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        addr: std::net::SocketAddr,
+        /// Added before every answer, e.g. `50ms`.
+        #[arg(long, value_parser = parse_wait, default_value = "0ms")]
+        latency: Duration,
+        /// Share of requests answered 503 (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Share of requests answered 429 with `Retry-After` (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        rate_limit_rate: f64,
+        /// The `Retry-After` of those 429s.
+        #[arg(long, value_parser = parse_wait, default_value = "1s")]
+        retry_after: Duration,
+        /// Share of requests held for `--hang` and then answered 504 (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        timeout_rate: f64,
+        /// How long a timed-out request is held.
+        #[arg(long, value_parser = parse_wait, default_value = "15s")]
+        hang: Duration,
+    },
     /// The end-to-end benchmark (comes with the performance work).
     Bench,
 }
@@ -132,10 +156,12 @@ async fn main() -> ExitCode {
                 "`uidflow dead-letters` is not built yet: it comes with the operator tools. Parked dead letters are in the dead_letters table and on the uid.dead-letter queue",
             );
         }
-        Command::Sim => {
-            return usage(
-                "`uidflow sim` is not built yet: the MVD and SMS simulators come with the pipeline",
-            );
+        Command::Sim { addr, latency, error_rate, rate_limit_rate, retry_after, timeout_rate, hang } => {
+            let faults = Faults { latency, error_rate, rate_limit_rate, retry_after, timeout_rate, hang, ..Faults::default() };
+            if let Err(error) = faults.validate() {
+                return usage(&error.to_string());
+            }
+            sim(addr, faults).await
         }
         Command::Bench => {
             return usage("`uidflow bench` is not built yet: it comes with the performance work");
@@ -171,30 +197,46 @@ async fn run(
     parts: Option<std::collections::BTreeSet<system::Part>>,
     concurrency: u16,
 ) -> anyhow::Result<ExitCode> {
-    let pool = system::prepare(
-        &settings,
-        u32::from(concurrency).saturating_mul(2).clamp(4, 64),
-    )
-    .await?;
-    let mut options = RunOptions {
-        concurrency,
-        ..RunOptions::default()
-    };
+    // Steps hold a connection while they commit; leave room for every consumer at once.
+    let connections = u32::from(concurrency).saturating_mul(3).clamp(8, 90);
+    let pool = system::prepare(&settings, connections).await?;
+    let mut options = RunOptions { concurrency, ..RunOptions::default() };
     if let Some(parts) = parts {
         options.parts = parts;
     }
     let names: Vec<_> = options.parts.iter().map(|p| p.as_str()).collect();
+    let running =
+        uidflow_cli::start(&settings, &pool, &options, SimConfig::default())
+            .await?;
     tracing::info!(parts = ?names, database = %settings.database_url_redacted(), broker = %settings.amqp_url_redacted(), "uidflow running; Ctrl-C to stop");
-    let system = system::start(&settings, &pool, &options);
-    let token = system.token();
+    let token = running.system.token();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight work");
         token.cancel();
     });
-    system.run_until_cancelled().await;
+    running.system.run_until_cancelled().await;
     pool.close().await;
     tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sim(addr: std::net::SocketAddr, faults: Faults) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({e}); choose another --addr"))?;
+    let addr = listener.local_addr()?;
+    let simulators = Simulators::new(SimConfig { mvd: faults.clone(), sms: faults });
+    let token = tokio_util::sync::CancellationToken::new();
+    println!("MVD_URL={}", Simulators::mvd_url(addr));
+    println!("SMS_URL={}", Simulators::sms_url(addr));
+    println!("read SMS back: GET {}/v1/messages?phone=%2B375…; faults: PUT http://{addr}/sim/v1/faults/{{mvd,sms}}", Simulators::sms_url(addr));
+    let stop = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.cancel();
+    });
+    simulators.serve(listener, token).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,209 @@
+//! `kill -9` of the real `uidflow run` process at random moments while 200 applications are in
+//! flight, then a restart: every application reaches its end state once, nothing is lost, and
+//! no step's side effect is doubled. Real RabbitMQ and PostgreSQL; the simulators run in the
+//! test process, so what was sent survives the kills.
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::process::{Child, Command};
+use uidflow::sim::{Faults, SimConfig};
+
+use common::{Person, TestApp, wait_until};
+
+/// Kills in the short form that runs in CI.
+const KILLS: usize = 5;
+const ISSUES: u32 = 170;
+const BLOCKS: u32 = 30;
+
+fn spawn(env: &HashMap<String, String>, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_uidflow"))
+        .args(["run", "--concurrency", "16"])
+        .env_clear()
+        .envs(env)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("uidflow starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
+    let token = tokio_util::sync::CancellationToken::new();
+    let slow = Faults { latency: Duration::from_millis(5), ..Faults::default() };
+    let (sim, addr) = uidflow::sim::spawn_local(SimConfig { mvd: slow.clone(), sms: slow }, token.clone())
+        .await
+        .expect("simulators");
+    let extra: Vec<(&str, String)> = vec![
+        ("RETRY_DELAYS", "200ms,400ms,800ms,1s,2s".into()),
+        ("MVD_URL", uidflow::sim::Simulators::mvd_url(addr)),
+        ("SMS_URL", uidflow::sim::Simulators::sms_url(addr)),
+        ("HTTP_TIMEOUT", "2s".into()),
+        (common::TEST_HASH_ENV[0].0, common::TEST_HASH_ENV[0].1.into()),
+        (common::TEST_HASH_ENV[1].0, common::TEST_HASH_ENV[1].1.into()),
+    ];
+    let mut app = TestApp::prepare_with(&extra).await;
+    app.sim = Some(sim.clone());
+    let mut env: HashMap<String, String> = extra.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    env.insert("AMQP_URL".into(), format!("amqp://guest:guest@127.0.0.1:5672/{}", app.vhost));
+    env.insert("DATABASE_URL".into(), format!("postgres://postgres@127.0.0.1:5432/{}", app.database));
+    env.insert("RUST_LOG".into(), "info".into());
+    let log = std::env::temp_dir().join(format!("{}.log", app.vhost));
+
+    let issuers: Vec<Person> = (0..ISSUES).map(|n| Person::new(1000 + n)).collect();
+    let strangers: Vec<Person> = (0..BLOCKS).map(|n| Person::new(3000 + n)).collect();
+    let mut ids = Vec::new();
+    for (person, kind) in issuers.iter().map(|p| (p, "issue")).chain(strangers.iter().map(|p| (p, "block"))) {
+        let application = person.application(kind);
+        ids.push((application["application_id"].as_str().unwrap().to_owned(), kind));
+        app.publish_application(&application).await;
+    }
+
+    // The clerk: types back the newest code of every application that waits for one.
+    let clerk = {
+        let pool = app.pool.clone();
+        let sim = sim.clone();
+        let channel = app.connection.create_channel().await.unwrap();
+        let token = token.clone();
+        tokio::spawn(async move {
+            let mut typed: HashMap<String, String> = HashMap::new();
+            while !token.is_cancelled() {
+                let waiting: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT application_id::text, payload->>'phone' FROM applications WHERE status = 'awaiting_phone_confirmation'",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+                for (id, phone) in waiting {
+                    let newest = sim.messages_to(&phone).iter().rev().find_map(|m| uidflow::sms::texts::code_in(&m.text).map(str::to_owned));
+                    if let Some(code) = newest
+                        && typed.get(&id) != Some(&code)
+                    {
+                        let body = serde_json::json!({"application_id": id, "code": code});
+                        let published = channel
+                            .basic_publish(
+                                "uid.intake".into(),
+                                "phone-confirmation".into(),
+                                Default::default(),
+                                &serde_json::to_vec(&body).unwrap(),
+                                lapin::BasicProperties::default().with_delivery_mode(2),
+                            )
+                            .await;
+                        if published.is_ok() {
+                            typed.insert(id, code);
+                        }
+                    }
+                }
+                // The clerk's pace; not a wait for a condition.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    let mut child = spawn(&env, &log);
+    for kill in 0..KILLS {
+        // A random moment to die: the point of the test is not to choose it.
+        let after = Duration::from_millis(rand::rng().random_range(300..1500));
+        tokio::time::sleep(after).await;
+        child.start_kill().expect("kill -9");
+        child.wait().await.expect("reaped");
+        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM applications WHERE status NOT IN ('completed', 'rejected', 'failed')")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        eprintln!("kill -9 #{} after {after:?}: {open} applications recorded and not ended", kill + 1);
+        child = spawn(&env, &log);
+    }
+
+    let ended = |s: &str| ["completed", "rejected", "failed"].contains(&s);
+    let started = Instant::now();
+    wait_until("every application to end", || async {
+        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM applications WHERE status NOT IN ('completed', 'rejected', 'failed')")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM applications").fetch_one(&app.pool).await.unwrap();
+        (total == ids.len() as i64 && open == 0).then_some(())
+    })
+    .await;
+    eprintln!("all {} applications ended {:?} after the last restart", ids.len(), started.elapsed());
+    token.cancel();
+    clerk.await.unwrap();
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().unwrap().to_string()]).status();
+    let status = child.wait().await.expect("uidflow exits");
+    assert!(status.success(), "SIGTERM ends uidflow cleanly: {status:?}");
+
+    let statuses: HashMap<String, (String, Option<String>)> = sqlx::query_as::<_, (String, String, Option<String>)>(
+        "SELECT application_id::text, status, reason->>'code' FROM applications",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(id, status, reason)| (id, (status, reason)))
+    .collect();
+    let mut completed = 0;
+    for (id, kind) in &ids {
+        let (status, reason) = &statuses[id];
+        assert!(ended(status), "{id} ended");
+        let transitions_to_end: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT status, lag(status) OVER (ORDER BY id) AS before FROM application_history WHERE application_id = $1::uuid) h
+             WHERE status IN ('completed', 'rejected', 'failed') AND before IS DISTINCT FROM status",
+        )
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(transitions_to_end, 1, "{id} ended exactly once");
+        match *kind {
+            "block" => assert_eq!((status.as_str(), reason.as_deref()), ("rejected", Some("not_issued")), "{id}"),
+            _ if status == "completed" => completed += 1,
+            _ => assert_eq!(reason.as_deref(), Some("phone_not_confirmed"), "{id}: {status}"),
+        }
+    }
+    assert!(completed >= ISSUES as usize * 9 / 10, "most issues complete: {completed} of {ISSUES}");
+
+    // No side effect doubled: one registry row and one `issued` per completed issue, and the
+    // last SMS to each phone carries the password that works.
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM uid_registry").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(rows, completed as i64);
+    let doubled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT application_id FROM uid_registry_history WHERE change = 'issued' GROUP BY application_id HAVING count(*) > 1) d",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(doubled, 0);
+    for person in &issuers {
+        if app.registry(&person.identification_number).await.is_some() {
+            assert!(app.last_password_works(&person.identification_number, &person.phone).await, "the last SMS works");
+            let passwords = sim
+                .messages_to(&person.phone)
+                .iter()
+                .filter(|m| uidflow::sms::texts::code_in(&m.text).is_none())
+                .count();
+            assert!(passwords <= 1 + KILLS, "password SMS at most once per attempt a kill interrupted: {passwords}");
+        }
+    }
+    // Nothing left behind: work queues drained, outbox empty, nothing parked.
+    for queue in ["uid.intake.application", "uid.intake.phone-confirmation", "uid.parking"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(uidflow::topology::STEPS.iter().map(|s| uidflow::topology::step_queue(s)))
+    {
+        assert_eq!(app.ready_count(&queue).await, 0, "{queue} is empty");
+    }
+    app.wait_for_outbox_drained().await;
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(parked, 0, "nothing was parked");
+    let _ = std::fs::remove_file(&log);
+    app.stop().await;
+}
