@@ -218,7 +218,9 @@ pub fn format_duration(duration: Duration) -> String {
     humantime::format_duration(duration).to_string()
 }
 
-fn hash_params<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<crate::secrets::HashParams, ConfigError> {
+fn hash_params<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+) -> Result<crate::secrets::HashParams, ConfigError> {
     let owasp = crate::secrets::HashParams::owasp();
     let number = |variable: &'static str, default: u32, minimum: u32| -> Result<u32, ConfigError> {
         match get(variable) {

@@ -275,8 +275,15 @@ impl<S: Step> StepRunner<S> {
             if let Some(locked) = applications::load(&mut tx, id, true).await?
                 && locked.status == Status::Received
             {
-                applications::transition(&mut tx, id, Status::VerifyingIdentity, S::NAME, None, None)
-                    .await?;
+                applications::transition(
+                    &mut tx,
+                    id,
+                    Status::VerifyingIdentity,
+                    S::NAME,
+                    None,
+                    None,
+                )
+                .await?;
             }
             tx.commit().await?;
         }

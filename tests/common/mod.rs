@@ -44,7 +44,8 @@ pub struct TestApp {
 
 /// Fast argon2 parameters for tests (`ARGON2_MEMORY_KIB`, `ARGON2_ITERATIONS`): the code
 /// paths are the same, the cost is not the point.
-pub const TEST_HASH_ENV: [(&str, &str); 2] = [("ARGON2_MEMORY_KIB", "1024"), ("ARGON2_ITERATIONS", "1")];
+pub const TEST_HASH_ENV: [(&str, &str); 2] =
+    [("ARGON2_MEMORY_KIB", "1024"), ("ARGON2_ITERATIONS", "1")];
 
 fn rabbitmqctl(args: &[&str]) {
     let output = Command::new("rabbitmqctl")
@@ -96,14 +97,9 @@ impl TestApp {
             (TEST_HASH_ENV[1].0, TEST_HASH_ENV[1].1.to_owned()),
         ];
         let app = Self::prepare_with(&extra).await;
-        let running = uidflow_cli::start(
-            &app.settings,
-            &app.pool,
-            &options,
-            Default::default(),
-        )
-        .await
-        .expect("the pipeline starts");
+        let running = uidflow_cli::start(&app.settings, &app.pool, &options, Default::default())
+            .await
+            .expect("the pipeline starts");
         Self {
             system: Some(running.system),
             sim: Some(sim),

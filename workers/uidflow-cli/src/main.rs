@@ -2,6 +2,7 @@
 //! library. Every failure ends in one line on stderr and a non-zero exit code: 2 for a problem
 //! with how it was started (arguments, configuration, a command not built yet), 1 otherwise.
 
+mod follow;
 mod status;
 mod submit;
 
@@ -53,6 +54,16 @@ enum Command {
         /// `kind`, else `application`.
         #[arg(long, value_parser = ["application", "phone-confirmation"])]
         routing_key: Option<String>,
+        /// Then watch the applications until each ends (progress on stderr, a table at the end).
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: type back each confirmation code, read from the SMS simulator at
+        /// SMS_URL, as a clerk would (demos and trials).
+        #[arg(long, requires = "follow")]
+        confirm_codes: bool,
+        /// With --follow: give up after this long.
+        #[arg(long, value_parser = parse_wait, default_value = "2m")]
+        timeout: Duration,
     },
     /// What a clerk would see of applications: status, reason and history (masked).
     Status {
@@ -142,8 +153,19 @@ async fn main() -> ExitCode {
         Command::Migrate {
             print_definitions: false,
         } => migrate(settings).await,
-        Command::Submit { paths, routing_key } => {
-            submit::run(&settings, &paths, routing_key.as_deref()).await
+        Command::Submit {
+            paths,
+            routing_key,
+            follow,
+            confirm_codes,
+            timeout,
+        } => {
+            let follow = submit::Follow {
+                follow,
+                confirm_codes,
+                timeout,
+            };
+            submit::run(&settings, &paths, routing_key.as_deref(), follow).await
         }
         Command::Status {
             ids,
@@ -156,8 +178,24 @@ async fn main() -> ExitCode {
                 "`uidflow dead-letters` is not built yet: it comes with the operator tools. Parked dead letters are in the dead_letters table and on the uid.dead-letter queue",
             );
         }
-        Command::Sim { addr, latency, error_rate, rate_limit_rate, retry_after, timeout_rate, hang } => {
-            let faults = Faults { latency, error_rate, rate_limit_rate, retry_after, timeout_rate, hang, ..Faults::default() };
+        Command::Sim {
+            addr,
+            latency,
+            error_rate,
+            rate_limit_rate,
+            retry_after,
+            timeout_rate,
+            hang,
+        } => {
+            let faults = Faults {
+                latency,
+                error_rate,
+                rate_limit_rate,
+                retry_after,
+                timeout_rate,
+                hang,
+                ..Faults::default()
+            };
             if let Err(error) = faults.validate() {
                 return usage(&error.to_string());
             }
@@ -200,14 +238,15 @@ async fn run(
     // Steps hold a connection while they commit; leave room for every consumer at once.
     let connections = u32::from(concurrency).saturating_mul(3).clamp(8, 90);
     let pool = system::prepare(&settings, connections).await?;
-    let mut options = RunOptions { concurrency, ..RunOptions::default() };
+    let mut options = RunOptions {
+        concurrency,
+        ..RunOptions::default()
+    };
     if let Some(parts) = parts {
         options.parts = parts;
     }
     let names: Vec<_> = options.parts.iter().map(|p| p.as_str()).collect();
-    let running =
-        uidflow_cli::start(&settings, &pool, &options, SimConfig::default())
-            .await?;
+    let running = uidflow_cli::start(&settings, &pool, &options, SimConfig::default()).await?;
     tracing::info!(parts = ?names, database = %settings.database_url_redacted(), broker = %settings.amqp_url_redacted(), "uidflow running; Ctrl-C to stop");
     let token = running.system.token();
     tokio::spawn(async move {
@@ -226,11 +265,17 @@ async fn sim(addr: std::net::SocketAddr, faults: Faults) -> anyhow::Result<ExitC
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({e}); choose another --addr"))?;
     let addr = listener.local_addr()?;
-    let simulators = Simulators::new(SimConfig { mvd: faults.clone(), sms: faults });
+    let simulators = Simulators::new(SimConfig {
+        mvd: faults.clone(),
+        sms: faults,
+    });
     let token = tokio_util::sync::CancellationToken::new();
     println!("MVD_URL={}", Simulators::mvd_url(addr));
     println!("SMS_URL={}", Simulators::sms_url(addr));
-    println!("read SMS back: GET {}/v1/messages?phone=%2B375…; faults: PUT http://{addr}/sim/v1/faults/{{mvd,sms}}", Simulators::sms_url(addr));
+    println!(
+        "read SMS back: GET {}/v1/messages?phone=%2B375…; faults: PUT http://{addr}/sim/v1/faults/{{mvd,sms}}",
+        Simulators::sms_url(addr)
+    );
     let stop = token.clone();
     tokio::spawn(async move {
         shutdown_signal().await;

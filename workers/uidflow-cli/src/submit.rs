@@ -74,11 +74,23 @@ fn application_id(body: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Publishes every input; exit code 1 if any was not confirmed.
+/// What to do after publishing.
+#[derive(Debug, Clone, Copy)]
+pub struct Follow {
+    /// Watch the applications until they end (or `timeout`).
+    pub follow: bool,
+    /// Type back codes read from the SMS simulator.
+    pub confirm_codes: bool,
+    /// How long to follow.
+    pub timeout: std::time::Duration,
+}
+
+/// Publishes every input; exit code 1 if any was not confirmed (or, following, did not end).
 pub async fn run(
     settings: &Settings,
     paths: &[PathBuf],
     routing_key: Option<&str>,
+    follow: Follow,
 ) -> anyhow::Result<ExitCode> {
     let inputs = collect(paths)?;
     let connection = amqp::connect(settings, "submit").await?;
@@ -117,9 +129,31 @@ pub async fn run(
             }
         }
     }
-    let _ = connection.close(200, "done".into()).await;
     println!("{} published, {failed} failed", inputs.len() - failed);
-    Ok(if failed == 0 {
+    let mut ended = true;
+    if follow.follow {
+        let ids: Vec<uuid::Uuid> = messages
+            .iter()
+            .filter(|m| m.routing_key == APPLICATION_ROUTING_KEY)
+            .filter_map(|m| {
+                m.message_id
+                    .as_deref()
+                    .and_then(|id| uuid::Uuid::parse_str(id).ok())
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        ended = crate::follow::follow(
+            settings,
+            &publisher,
+            &ids,
+            follow.confirm_codes,
+            follow.timeout,
+        )
+        .await?;
+    }
+    let _ = connection.close(200, "done".into()).await;
+    Ok(if failed == 0 && ended {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

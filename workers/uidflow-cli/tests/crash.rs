@@ -22,7 +22,11 @@ const ISSUES: u32 = 170;
 const BLOCKS: u32 = 30;
 
 fn spawn(env: &HashMap<String, String>, log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
     Command::new(env!("CARGO_BIN_EXE_uidflow"))
         .args(["run", "--concurrency", "16"])
         .env_clear()
@@ -38,32 +42,63 @@ fn spawn(env: &HashMap<String, String>, log: &std::path::Path) -> Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
     let token = tokio_util::sync::CancellationToken::new();
-    let slow = Faults { latency: Duration::from_millis(5), ..Faults::default() };
-    let (sim, addr) = uidflow::sim::spawn_local(SimConfig { mvd: slow.clone(), sms: slow }, token.clone())
-        .await
-        .expect("simulators");
+    let slow = Faults {
+        latency: Duration::from_millis(5),
+        ..Faults::default()
+    };
+    let (sim, addr) = uidflow::sim::spawn_local(
+        SimConfig {
+            mvd: slow.clone(),
+            sms: slow,
+        },
+        token.clone(),
+    )
+    .await
+    .expect("simulators");
     let extra: Vec<(&str, String)> = vec![
         ("RETRY_DELAYS", "200ms,400ms,800ms,1s,2s".into()),
         ("MVD_URL", uidflow::sim::Simulators::mvd_url(addr)),
         ("SMS_URL", uidflow::sim::Simulators::sms_url(addr)),
         ("HTTP_TIMEOUT", "2s".into()),
-        (common::TEST_HASH_ENV[0].0, common::TEST_HASH_ENV[0].1.into()),
-        (common::TEST_HASH_ENV[1].0, common::TEST_HASH_ENV[1].1.into()),
+        (
+            common::TEST_HASH_ENV[0].0,
+            common::TEST_HASH_ENV[0].1.into(),
+        ),
+        (
+            common::TEST_HASH_ENV[1].0,
+            common::TEST_HASH_ENV[1].1.into(),
+        ),
     ];
     let mut app = TestApp::prepare_with(&extra).await;
     app.sim = Some(sim.clone());
-    let mut env: HashMap<String, String> = extra.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    env.insert("AMQP_URL".into(), format!("amqp://guest:guest@127.0.0.1:5672/{}", app.vhost));
-    env.insert("DATABASE_URL".into(), format!("postgres://postgres@127.0.0.1:5432/{}", app.database));
+    let mut env: HashMap<String, String> = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    env.insert(
+        "AMQP_URL".into(),
+        format!("amqp://guest:guest@127.0.0.1:5672/{}", app.vhost),
+    );
+    env.insert(
+        "DATABASE_URL".into(),
+        format!("postgres://postgres@127.0.0.1:5432/{}", app.database),
+    );
     env.insert("RUST_LOG".into(), "info".into());
     let log = std::env::temp_dir().join(format!("{}.log", app.vhost));
 
     let issuers: Vec<Person> = (0..ISSUES).map(|n| Person::new(1000 + n)).collect();
     let strangers: Vec<Person> = (0..BLOCKS).map(|n| Person::new(3000 + n)).collect();
     let mut ids = Vec::new();
-    for (person, kind) in issuers.iter().map(|p| (p, "issue")).chain(strangers.iter().map(|p| (p, "block"))) {
+    for (person, kind) in issuers
+        .iter()
+        .map(|p| (p, "issue"))
+        .chain(strangers.iter().map(|p| (p, "block")))
+    {
         let application = person.application(kind);
-        ids.push((application["application_id"].as_str().unwrap().to_owned(), kind));
+        ids.push((
+            application["application_id"].as_str().unwrap().to_owned(),
+            kind,
+        ));
         app.publish_application(&application).await;
     }
 
@@ -83,7 +118,11 @@ async fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
                 .await
                 .unwrap_or_default();
                 for (id, phone) in waiting {
-                    let newest = sim.messages_to(&phone).iter().rev().find_map(|m| uidflow::sms::texts::code_in(&m.text).map(str::to_owned));
+                    let newest = sim
+                        .messages_to(&phone)
+                        .iter()
+                        .rev()
+                        .find_map(|m| uidflow::sms::texts::code_in(&m.text).map(str::to_owned));
                     if let Some(code) = newest
                         && typed.get(&id) != Some(&code)
                     {
@@ -119,7 +158,10 @@ async fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
             .fetch_one(&app.pool)
             .await
             .unwrap();
-        eprintln!("kill -9 #{} after {after:?}: {open} applications recorded and not ended", kill + 1);
+        eprintln!(
+            "kill -9 #{} after {after:?}: {open} applications recorded and not ended",
+            kill + 1
+        );
         child = spawn(&env, &log);
     }
 
@@ -134,22 +176,29 @@ async fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
         (total == ids.len() as i64 && open == 0).then_some(())
     })
     .await;
-    eprintln!("all {} applications ended {:?} after the last restart", ids.len(), started.elapsed());
+    eprintln!(
+        "all {} applications ended {:?} after the last restart",
+        ids.len(),
+        started.elapsed()
+    );
     token.cancel();
     clerk.await.unwrap();
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().unwrap().to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status();
     let status = child.wait().await.expect("uidflow exits");
     assert!(status.success(), "SIGTERM ends uidflow cleanly: {status:?}");
 
-    let statuses: HashMap<String, (String, Option<String>)> = sqlx::query_as::<_, (String, String, Option<String>)>(
-        "SELECT application_id::text, status, reason->>'code' FROM applications",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|(id, status, reason)| (id, (status, reason)))
-    .collect();
+    let statuses: HashMap<String, (String, Option<String>)> =
+        sqlx::query_as::<_, (String, String, Option<String>)>(
+            "SELECT application_id::text, status, reason->>'code' FROM applications",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, status, reason)| (id, (status, reason)))
+        .collect();
     let mut completed = 0;
     for (id, kind) in &ids {
         let (status, reason) = &statuses[id];
@@ -164,16 +213,30 @@ async fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
         .unwrap();
         assert_eq!(transitions_to_end, 1, "{id} ended exactly once");
         match *kind {
-            "block" => assert_eq!((status.as_str(), reason.as_deref()), ("rejected", Some("not_issued")), "{id}"),
+            "block" => assert_eq!(
+                (status.as_str(), reason.as_deref()),
+                ("rejected", Some("not_issued")),
+                "{id}"
+            ),
             _ if status == "completed" => completed += 1,
-            _ => assert_eq!(reason.as_deref(), Some("phone_not_confirmed"), "{id}: {status}"),
+            _ => assert_eq!(
+                reason.as_deref(),
+                Some("phone_not_confirmed"),
+                "{id}: {status}"
+            ),
         }
     }
-    assert!(completed >= ISSUES as usize * 9 / 10, "most issues complete: {completed} of {ISSUES}");
+    assert!(
+        completed >= ISSUES as usize * 9 / 10,
+        "most issues complete: {completed} of {ISSUES}"
+    );
 
     // No side effect doubled: one registry row and one `issued` per completed issue, and the
     // last SMS to each phone carries the password that works.
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM uid_registry").fetch_one(&app.pool).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM uid_registry")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(rows, completed as i64);
     let doubled: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT application_id FROM uid_registry_history WHERE change = 'issued' GROUP BY application_id HAVING count(*) > 1) d",
@@ -184,25 +247,42 @@ async fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
     assert_eq!(doubled, 0);
     for person in &issuers {
         if app.registry(&person.identification_number).await.is_some() {
-            assert!(app.last_password_works(&person.identification_number, &person.phone).await, "the last SMS works");
+            assert!(
+                app.last_password_works(&person.identification_number, &person.phone)
+                    .await,
+                "the last SMS works"
+            );
             let passwords = sim
                 .messages_to(&person.phone)
                 .iter()
                 .filter(|m| uidflow::sms::texts::code_in(&m.text).is_none())
                 .count();
-            assert!(passwords <= 1 + KILLS, "password SMS at most once per attempt a kill interrupted: {passwords}");
+            assert!(
+                passwords <= 1 + KILLS,
+                "password SMS at most once per attempt a kill interrupted: {passwords}"
+            );
         }
     }
     // Nothing left behind: work queues drained, outbox empty, nothing parked.
-    for queue in ["uid.intake.application", "uid.intake.phone-confirmation", "uid.parking"]
-        .into_iter()
-        .map(str::to_owned)
-        .chain(uidflow::topology::STEPS.iter().map(|s| uidflow::topology::step_queue(s)))
-    {
+    for queue in [
+        "uid.intake.application",
+        "uid.intake.phone-confirmation",
+        "uid.parking",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(
+        uidflow::topology::STEPS
+            .iter()
+            .map(|s| uidflow::topology::step_queue(s)),
+    ) {
         assert_eq!(app.ready_count(&queue).await, 0, "{queue} is empty");
     }
     app.wait_for_outbox_drained().await;
-    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&app.pool).await.unwrap();
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(parked, 0, "nothing was parked");
     let _ = std::fs::remove_file(&log);
     app.stop().await;

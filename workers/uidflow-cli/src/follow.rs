@@ -1,0 +1,163 @@
+//! `uidflow submit --follow`: watch the submitted applications until each ends, with a
+//! progress line, then print their final statuses. With `--confirm-codes`, play the clerk:
+//! read each code from the SMS gateway's read-back (the simulator's `GET /v1/messages`) and
+//! publish it as a phone confirmation. For demos and trials, not for production.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::Value;
+use sqlx::PgPool;
+use uidflow::amqp::{Outgoing, Publisher};
+use uidflow::config::Settings;
+use uidflow::topology::{INTAKE_EXCHANGE, PHONE_CONFIRMATION_ROUTING_KEY};
+use uuid::Uuid;
+
+const ENDED: [&str; 3] = ["completed", "rejected", "failed"];
+
+/// Follows `ids` until they end or `timeout` passes; returns false if some did not end.
+pub async fn follow(
+    settings: &Settings,
+    publisher: &Publisher,
+    ids: &[Uuid],
+    confirm_codes: bool,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
+    let pool = uidflow::db::connect(settings, 2).await?;
+    let sms_url = settings
+        .sms_url
+        .as_ref()
+        .map(|u| u.as_str().trim_end_matches('/').to_owned());
+    if confirm_codes && sms_url.is_none() {
+        anyhow::bail!(
+            "--confirm-codes reads codes from the SMS gateway: set SMS_URL to the simulator's (see `uidflow sim`)"
+        );
+    }
+    let http = uidflow::http::client(Duration::from_secs(5));
+    let mut typed: HashMap<Uuid, String> = HashMap::new();
+    let started = Instant::now();
+    let mut statuses = load(&pool, ids).await?;
+    loop {
+        let counts = statuses.values().fold(
+            BTreeMap::<&str, usize>::new(),
+            |mut counts, (status, _, _)| {
+                *counts.entry(status.as_str()).or_default() += 1;
+                counts
+            },
+        );
+        let ended = statuses
+            .values()
+            .filter(|(s, _, _)| ENDED.contains(&s.as_str()))
+            .count();
+        let line: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        eprint!(
+            "\r\x1b[2K[{:>5.1}s] {ended}/{} ended · {}",
+            started.elapsed().as_secs_f64(),
+            ids.len(),
+            line.join(" · ")
+        );
+        let _ = std::io::stderr().flush();
+        if ended == ids.len() || started.elapsed() > timeout {
+            eprintln!();
+            break;
+        }
+        if let Some(sms_url) = sms_url.as_deref().filter(|_| confirm_codes) {
+            for (id, (status, _, phone)) in &statuses {
+                let Some(phone) = phone
+                    .as_deref()
+                    .filter(|_| status == "awaiting_phone_confirmation")
+                else {
+                    continue;
+                };
+                let Some(code) = newest_code(&http, sms_url, phone).await else {
+                    continue;
+                };
+                if typed.get(id) == Some(&code) {
+                    continue;
+                }
+                let body = serde_json::json!({"application_id": id, "code": code});
+                publisher
+                    .publish_all(&[Outgoing {
+                        exchange: INTAKE_EXCHANGE.into(),
+                        routing_key: PHONE_CONFIRMATION_ROUTING_KEY.into(),
+                        message_id: Some(id.to_string()),
+                        content_type: Some("application/json".into()),
+                        headers: Value::Object(Default::default()),
+                        body: serde_json::to_vec(&body)?,
+                        mandatory: true,
+                        expiration_ms: None,
+                    }])
+                    .await
+                    .context("publishing a phone confirmation")?;
+                typed.insert(*id, code);
+            }
+        }
+        // The refresh rate of the progress line.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        statuses = load(&pool, ids).await?;
+    }
+    println!(
+        "{:<36}  {:<12}  {:<11}  reason",
+        "application", "kind", "status"
+    );
+    for id in ids {
+        match statuses.get(id) {
+            Some((status, (kind, reason), _)) => {
+                println!(
+                    "{id}  {:<12}  {status:<11}  {}",
+                    kind.as_deref().unwrap_or("-"),
+                    reason.as_deref().unwrap_or("")
+                )
+            }
+            None => println!("{id}  {:<12}  {:<11}", "-", "(unknown)"),
+        }
+    }
+    pool.close().await;
+    Ok(statuses
+        .values()
+        .filter(|(s, _, _)| ENDED.contains(&s.as_str()))
+        .count()
+        == ids.len())
+}
+
+type Row = (String, (Option<String>, Option<String>), Option<String>);
+
+async fn load(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Row>> {
+    let rows: Vec<(Uuid, String, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT application_id, status, kind, concat_ws(': ', reason->>'code', reason->>'detail'), payload->>'phone'
+         FROM applications WHERE application_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, status, kind, reason, phone)| {
+            (
+                id,
+                (status, (kind, reason.filter(|r| !r.is_empty())), phone),
+            )
+        })
+        .collect())
+}
+
+async fn newest_code(http: &reqwest::Client, sms_url: &str, phone: &str) -> Option<String> {
+    let answer: Value = http
+        .get(format!(
+            "{sms_url}/v1/messages?phone={}",
+            phone.replace('+', "%2B")
+        ))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    answer["messages"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find_map(|m| uidflow::sms::texts::code_in(m["text"].as_str()?).map(str::to_owned))
+}
