@@ -39,36 +39,34 @@ pub async fn follow(
     let mut typed: HashMap<Uuid, String> = HashMap::new();
     let started = Instant::now();
     let mut statuses = load(&pool, ids).await?;
-    loop {
-        let counts = statuses.values().fold(
-            BTreeMap::<&str, usize>::new(),
-            |mut counts, (status, _, _)| {
-                *counts.entry(status.as_str()).or_default() += 1;
-                counts
-            },
-        );
-        let ended = statuses
+    let ended = |statuses: &HashMap<Uuid, Progress>| {
+        statuses
             .values()
-            .filter(|(s, _, _)| ENDED.contains(&s.as_str()))
-            .count();
+            .filter(|row| ENDED.contains(&row.status.as_str()))
+            .count()
+    };
+    loop {
+        let mut counts = BTreeMap::<&str, usize>::new();
+        for row in statuses.values() {
+            *counts.entry(row.status.as_str()).or_default() += 1;
+        }
         let line: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
         eprint!(
-            "\r\x1b[2K[{:>5.1}s] {ended}/{} ended · {}",
+            "\r\x1b[2K[{:>5.1}s] {}/{} ended · {}",
             started.elapsed().as_secs_f64(),
+            ended(&statuses),
             ids.len(),
             line.join(" · ")
         );
         let _ = std::io::stderr().flush();
-        if ended == ids.len() || started.elapsed() > timeout {
+        if ended(&statuses) == ids.len() || started.elapsed() > timeout {
             eprintln!();
             break;
         }
         if let Some(sms_url) = sms_url.as_deref().filter(|_| confirm_codes) {
-            for (id, (status, _, phone)) in &statuses {
-                let Some(phone) = phone
-                    .as_deref()
-                    .filter(|_| status == "awaiting_phone_confirmation")
-                else {
+            for (id, row) in &statuses {
+                let waiting = row.status == "awaiting_phone_confirmation";
+                let Some(phone) = row.phone.as_deref().filter(|_| waiting) else {
                     continue;
                 };
                 let Some(code) = newest_code(&http, sms_url, phone).await else {
@@ -104,29 +102,34 @@ pub async fn follow(
     );
     for id in ids {
         match statuses.get(id) {
-            Some((status, (kind, reason), _)) => {
-                println!(
-                    "{id}  {:<12}  {status:<11}  {}",
-                    kind.as_deref().unwrap_or("-"),
-                    reason.as_deref().unwrap_or("")
-                )
-            }
+            Some(row) => println!(
+                "{id}  {:<12}  {:<11}  {}",
+                row.kind.as_deref().unwrap_or("-"),
+                row.status,
+                row.reason.as_deref().unwrap_or("")
+            ),
             None => println!("{id}  {:<12}  {:<11}", "-", "(unknown)"),
         }
     }
     pool.close().await;
-    Ok(statuses
-        .values()
-        .filter(|(s, _, _)| ENDED.contains(&s.as_str()))
-        .count()
-        == ids.len())
+    Ok(ended(&statuses) == ids.len())
 }
 
-type Row = (String, (Option<String>, Option<String>), Option<String>);
+/// One application's progress.
+#[derive(Debug, sqlx::FromRow)]
+struct Progress {
+    application_id: Uuid,
+    status: String,
+    kind: Option<String>,
+    reason: Option<String>,
+    phone: Option<String>,
+}
 
-async fn load(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Row>> {
-    let rows: Vec<(Uuid, String, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT application_id, status, kind, concat_ws(': ', reason->>'code', reason->>'detail'), payload->>'phone'
+async fn load(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Progress>> {
+    let rows: Vec<Progress> = sqlx::query_as(
+        "SELECT application_id, status, kind,
+                nullif(concat_ws(': ', reason->>'code', reason->>'detail'), '') AS reason,
+                payload->>'phone' AS phone
          FROM applications WHERE application_id = ANY($1)",
     )
     .bind(ids)
@@ -134,12 +137,7 @@ async fn load(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Row>>
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, status, kind, reason, phone)| {
-            (
-                id,
-                (status, (kind, reason.filter(|r| !r.is_empty())), phone),
-            )
-        })
+        .map(|row| (row.application_id, row))
         .collect())
 }
 
