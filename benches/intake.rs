@@ -89,6 +89,6 @@ async fn main() {
         n as f64 / intake.as_secs_f64(),
         n as f64 / with_outbox.as_secs_f64()
     );
-    drop(running);
+    running.shutdown().await;
     app.stop().await;
 }
