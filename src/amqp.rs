@@ -26,25 +26,23 @@ use crate::topology::{Arg, ExchangeType, Topology};
 pub enum AmqpError {
     /// The broker did not answer or refused the login.
     #[error(
-        "cannot reach RabbitMQ at {url} ({source}); start it (rabbitmq-server -detached) or set AMQP_URL"
+        "cannot reach RabbitMQ at {url} ({cause}); start it (rabbitmq-server -detached) or set AMQP_URL"
     )]
     Unreachable {
         /// Redacted URL.
         url: String,
-        /// What lapin said.
-        #[source]
-        source: lapin::Error,
+        /// What lapin said (shown in the message, not chained, to keep it one line).
+        cause: lapin::Error,
     },
     /// A declaration was refused (usually: a queue exists with other arguments).
     #[error(
-        "declaring {what} failed ({source}); if it exists with other arguments, delete it or compare with deploy/rabbitmq/definitions.json"
+        "declaring {what} failed ({cause}); if it exists with other arguments, delete it or compare with deploy/rabbitmq/definitions.json"
     )]
     Declare {
         /// What was being declared.
         what: String,
-        /// What the broker said.
-        #[source]
-        source: lapin::Error,
+        /// What the broker said (shown in the message, not chained).
+        cause: lapin::Error,
     },
     /// Any other channel-level failure.
     #[error(transparent)]
@@ -58,9 +56,9 @@ pub async fn connect(settings: &Settings, role: &str) -> Result<Connection, Amqp
         || ConnectionProperties::default().with_connection_name(format!("uidflow-{role}").into());
     with_backoff(Policy::STARTUP, || Connection::connect(&url, properties()))
         .await
-        .map_err(|source| AmqpError::Unreachable {
+        .map_err(|cause| AmqpError::Unreachable {
             url: settings.amqp_url_redacted(),
-            source,
+            cause,
         })
 }
 
@@ -85,7 +83,7 @@ fn field_table(arguments: &BTreeMap<String, Arg>) -> FieldTable {
 
 /// Declares every exchange, queue and binding (idempotent: same arguments, no change).
 pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), AmqpError> {
-    let declare_error = |what: String| move |source| AmqpError::Declare { what, source };
+    let declare_error = |what: String| move |cause| AmqpError::Declare { what, cause };
     for exchange in &topology.exchanges {
         let kind = match exchange.kind {
             ExchangeType::Direct => ExchangeKind::Direct,

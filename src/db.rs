@@ -21,23 +21,21 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 pub enum DbError {
     /// The server did not answer.
     #[error(
-        "cannot reach PostgreSQL at {url} ({source}); start it (pg_ctlcluster 15 main start) or set DATABASE_URL"
+        "cannot reach PostgreSQL at {url} ({cause}); start it (pg_ctlcluster 15 main start) or set DATABASE_URL"
     )]
     Unreachable {
         /// Redacted URL.
         url: String,
-        /// What the driver said.
-        #[source]
-        source: sqlx::Error,
+        /// What the driver said (shown in the message, not chained, to keep it one line).
+        cause: sqlx::Error,
     },
     /// Migrations failed.
-    #[error("applying migrations to {url} failed ({source})")]
+    #[error("applying migrations to {url} failed ({cause})")]
     Migrate {
         /// Redacted URL.
         url: String,
-        /// What the migrator said.
-        #[source]
-        source: sqlx::migrate::MigrateError,
+        /// What the migrator said (shown in the message, not chained).
+        cause: sqlx::migrate::MigrateError,
     },
 }
 
@@ -45,9 +43,9 @@ pub enum DbError {
 pub async fn connect(settings: &Settings, max_connections: u32) -> Result<PgPool, DbError> {
     let raw = settings.database_url.expose_secret();
     let url = settings.database_url_redacted();
-    let unreachable = |source| DbError::Unreachable {
+    let unreachable = |cause| DbError::Unreachable {
         url: url.clone(),
-        source,
+        cause,
     };
     let exists = with_backoff(Policy::STARTUP, || Postgres::database_exists(raw))
         .await
@@ -72,9 +70,9 @@ pub async fn connect(settings: &Settings, max_connections: u32) -> Result<PgPool
 
 /// Applies the embedded migrations (idempotent).
 pub async fn migrate(settings: &Settings, pool: &PgPool) -> Result<(), DbError> {
-    MIGRATOR.run(pool).await.map_err(|source| DbError::Migrate {
+    MIGRATOR.run(pool).await.map_err(|cause| DbError::Migrate {
         url: settings.database_url_redacted(),
-        source,
+        cause,
     })
 }
 

@@ -66,11 +66,18 @@ impl Delays {
     }
 }
 
-/// Adds ±`factor` random jitter to a delay, never going below `floor`.
+/// Adds ±`factor` random jitter to a delay (drawn by `backoff`), never going below `floor`.
 pub fn jitter(delay: Duration, factor: f64, floor: Duration) -> Duration {
-    let spread = delay.as_secs_f64() * factor;
-    let offset = rand::random_range(-spread..=spread);
-    Duration::from_secs_f64((delay.as_secs_f64() + offset).max(0.0)).max(floor)
+    let mut one_draw = ExponentialBackoff {
+        initial_interval: delay,
+        current_interval: delay,
+        max_interval: delay.mul_f64(1.0 + factor),
+        randomization_factor: factor,
+        multiplier: 1.0,
+        max_elapsed_time: None,
+        ..ExponentialBackoff::default()
+    };
+    one_draw.next_backoff().unwrap_or(delay).max(floor)
 }
 
 /// Runs `operation` until it succeeds or the policy gives up; returns the last error then.

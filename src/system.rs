@@ -112,6 +112,8 @@ pub struct RunOptions {
     pub parts: BTreeSet<Part>,
     /// Deliveries in flight per consumer.
     pub concurrency: u16,
+    /// Overrides of `concurrency` for single parts (`--part-concurrency register=8`).
+    pub part_concurrency: std::collections::BTreeMap<Part, u16>,
     /// Fault injection for tests (see `intake::Intake`); zero in production.
     pub crash_intake_after_commit: Arc<AtomicU32>,
 }
@@ -121,9 +123,42 @@ impl Default for RunOptions {
         Self {
             parts: Part::ALL.into_iter().collect(),
             concurrency: 32,
+            part_concurrency: Default::default(),
             crash_intake_after_commit: Arc::new(AtomicU32::new(0)),
         }
     }
+}
+
+impl RunOptions {
+    /// Deliveries in flight for `part`.
+    pub fn concurrency_of(&self, part: Part) -> u16 {
+        self.part_concurrency
+            .get(&part)
+            .copied()
+            .unwrap_or(self.concurrency)
+    }
+}
+
+/// Parses `register=8,verify-identity=64` (each 1 to 1000).
+pub fn parse_part_concurrency(list: &str) -> Result<std::collections::BTreeMap<Part, u16>, String> {
+    let mut map = std::collections::BTreeMap::new();
+    for pair in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, number) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not PART=N, e.g. register=8"))?;
+        let part = *parse_parts(name)?
+            .iter()
+            .next()
+            .expect("parse_parts returns at least one part");
+        let number: u16 = number
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| format!("{pair:?}: the number must be 1 to 1000"))?;
+        map.insert(part, number);
+    }
+    Ok(map)
 }
 
 /// Connects to the database (creating it if missing), migrates it, and declares the topology.
@@ -155,7 +190,7 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> System
             Part::Intake => {
                 let stats = Arc::clone(&intake_stats);
                 let crash = Arc::clone(&options.crash_intake_after_commit);
-                let prefetch = options.concurrency;
+                let prefetch = options.concurrency_of(Part::Intake);
                 tasks.spawn(intake::run(settings, pool, prefetch, stats, crash, token));
             }
             Part::Outbox => {
@@ -221,5 +256,15 @@ mod tests {
                 .contains("unknown part")
         );
         assert!(parse_parts(",").is_err());
+        let overrides = parse_part_concurrency("register=8, verify-identity=64").unwrap();
+        let options = RunOptions {
+            part_concurrency: overrides,
+            ..RunOptions::default()
+        };
+        assert_eq!(options.concurrency_of(Part::Register), 8);
+        assert_eq!(options.concurrency_of(Part::VerifyIdentity), 64);
+        assert_eq!(options.concurrency_of(Part::SendSms), 32);
+        assert!(parse_part_concurrency("register=0").is_err());
+        assert!(parse_part_concurrency("register").is_err());
     }
 }

@@ -55,10 +55,10 @@ pub async fn start(
         .as_ref()
         .map(|u| u.as_str().trim_end_matches('/').to_owned())
         .unwrap_or_default();
-    let concurrency = options.concurrency;
     let hash_params = settings.hash_params;
     for part in &options.parts {
         let (settings, pool) = (settings.clone(), pool.clone());
+        let concurrency = options.concurrency_of(*part);
         match part {
             Part::VerifyIdentity => {
                 let step = verify_identity::VerifyIdentity::new(&mvd_url, http.clone());

@@ -37,6 +37,9 @@ enum Command {
         /// Deliveries in flight per consumer.
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1000))]
         concurrency: u16,
+        /// Per-part overrides of --concurrency, e.g. `register=8,verify-identity=64`.
+        #[arg(long, value_name = "PART=N,…")]
+        part_concurrency: Option<String>,
     },
     /// Apply migrations and declare the topology, then exit.
     Migrate {
@@ -132,12 +135,32 @@ async fn main() -> ExitCode {
     };
     uidflow::telemetry::init(settings.log_format);
     let result = match cli.command {
-        Command::Run { only, concurrency } => {
+        Command::Run {
+            only,
+            concurrency,
+            part_concurrency,
+        } => {
             let parts = match only.as_deref().map(system::parse_parts).transpose() {
                 Ok(parts) => parts,
                 Err(error) => return usage(&error),
             };
-            run(settings, parts, concurrency).await
+            let overrides = match part_concurrency
+                .as_deref()
+                .map(system::parse_part_concurrency)
+                .transpose()
+            {
+                Ok(overrides) => overrides.unwrap_or_default(),
+                Err(error) => return usage(&error),
+            };
+            let mut options = RunOptions {
+                concurrency,
+                part_concurrency: overrides,
+                ..RunOptions::default()
+            };
+            if let Some(parts) = parts {
+                options.parts = parts;
+            }
+            run(settings, options).await
         }
         Command::Migrate {
             print_definitions: true,
@@ -230,21 +253,16 @@ async fn migrate(settings: Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(
-    settings: Settings,
-    parts: Option<std::collections::BTreeSet<system::Part>>,
-    concurrency: u16,
-) -> anyhow::Result<ExitCode> {
+async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<ExitCode> {
     // Steps hold a connection while they commit; leave room for every consumer at once.
-    let connections = u32::from(concurrency).saturating_mul(3).clamp(8, 90);
+    let busiest = options
+        .parts
+        .iter()
+        .map(|p| u32::from(options.concurrency_of(*p)))
+        .max()
+        .unwrap_or(1);
+    let connections = busiest.saturating_mul(3).clamp(8, 90);
     let pool = system::prepare(&settings, connections).await?;
-    let mut options = RunOptions {
-        concurrency,
-        ..RunOptions::default()
-    };
-    if let Some(parts) = parts {
-        options.parts = parts;
-    }
     let names: Vec<_> = options.parts.iter().map(|p| p.as_str()).collect();
     let running = uidflow_cli::start(&settings, &pool, &options, SimConfig::default()).await?;
     tracing::info!(parts = ?names, database = %settings.database_url_redacted(), broker = %settings.amqp_url_redacted(), "uidflow running; Ctrl-C to stop");
