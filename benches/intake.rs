@@ -65,7 +65,7 @@ async fn main() {
         ..RunOptions::default()
     };
     let started = Instant::now();
-    let running = system::start(&app.settings, &app.pool, &options);
+    let running = system::start(&app.settings, &app.pool, &options).expect("starts");
     let stats = std::sync::Arc::clone(&running.intake_stats);
     let mut last_report = Instant::now();
     while (stats.total() as usize) < n {

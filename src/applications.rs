@@ -106,7 +106,7 @@ pub async fn transition(
     detail: Option<&str>,
 ) -> sqlx::Result<Status> {
     let row = sqlx::query(
-        "SELECT status, kind, issuing_service FROM applications WHERE application_id = $1 FOR UPDATE",
+        "SELECT status, kind, issuing_service, created_at FROM applications WHERE application_id = $1 FOR UPDATE",
     )
     .bind(application_id)
     .fetch_one(&mut *conn)
@@ -126,6 +126,15 @@ pub async fn transition(
     .await?;
     let detail = detail.or(reason.map(|r| r.detail.as_str()));
     append_history(conn, application_id, to, step, detail).await?;
+    ::metrics::counter!(crate::telemetry::metrics::STATUS_CHANGES_TOTAL, "status" => to.as_str())
+        .increment(1);
+    if to.is_final() {
+        let created_at: DateTime<Utc> = row.get("created_at");
+        let age = (Utc::now() - created_at).to_std().unwrap_or_default();
+        ::metrics::histogram!(crate::telemetry::metrics::APPLICATION_DURATION_SECONDS,
+            "kind" => kind.clone().unwrap_or_else(|| "unknown".into()), "status" => to.as_str())
+        .record(age.as_secs_f64());
+    }
     let event = StatusEvent {
         event_id: Uuid::new_v4(),
         application_id,
@@ -186,16 +195,16 @@ pub struct HistoryEntry {
     pub detail: Option<String>,
 }
 
-/// An application as a clerk sees it: personal data masked (CONTRACT §3).
+/// An application without its history, as a clerk sees it: personal data masked (CONTRACT §3).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ApplicationView {
+pub struct ApplicationSummary {
     /// Id.
     pub application_id: Uuid,
     /// Kind (null when unreadable).
     pub kind: Option<String>,
     /// Status.
     pub status: String,
-    /// Reason, for `rejected`/`failed`.
+    /// Reason, for `rejected`.
     pub reason: Option<Value>,
     /// Issuing service code.
     pub issuing_service: Option<String>,
@@ -207,8 +216,37 @@ pub struct ApplicationView {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
-    /// Every status change, oldest first.
+}
+
+/// An application with its whole history (CONTRACT §3).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApplicationView {
+    /// Everything but the history.
+    #[serde(flatten)]
+    pub summary: ApplicationSummary,
+    /// Every status change and note, oldest first.
     pub history: Vec<HistoryEntry>,
+}
+
+const SUMMARY_COLUMNS: &str = "application_id, kind, status, reason, issuing_service, created_at, updated_at,
+    payload->'applicant'->>'identification_number' AS identification_number, payload->>'phone' AS phone";
+
+fn summary_of(row: &sqlx::postgres::PgRow) -> ApplicationSummary {
+    ApplicationSummary {
+        application_id: row.get("application_id"),
+        kind: row.get("kind"),
+        status: row.get("status"),
+        reason: row.get("reason"),
+        issuing_service: row.get("issuing_service"),
+        identification_number: row
+            .get::<Option<String>, _>("identification_number")
+            .map(|n| mask_identification_number(&n)),
+        phone: row
+            .get::<Option<String>, _>("phone")
+            .map(|p| mask_phone(&p)),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+    }
 }
 
 /// Loads an application and its history; `None` if unknown.
@@ -216,13 +254,11 @@ pub async fn load_view(
     conn: &mut PgConnection,
     application_id: Uuid,
 ) -> sqlx::Result<Option<ApplicationView>> {
-    let Some(row) = sqlx::query(
-        "SELECT application_id, kind, status, reason, issuing_service, payload, created_at, updated_at
-         FROM applications WHERE application_id = $1",
-    )
-    .bind(application_id)
-    .fetch_optional(&mut *conn)
-    .await?
+    let sql = format!("SELECT {SUMMARY_COLUMNS} FROM applications WHERE application_id = $1");
+    let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(application_id)
+        .fetch_optional(&mut *conn)
+        .await?
     else {
         return Ok(None);
     };
@@ -235,22 +271,68 @@ pub async fn load_view(
     .into_iter()
     .map(|h| HistoryEntry { at: h.get("at"), status: h.get("status"), step: h.get("step"), detail: h.get("detail") })
     .collect();
-    let payload: Value = row.get("payload");
     Ok(Some(ApplicationView {
-        application_id: row.get("application_id"),
-        kind: row.get("kind"),
-        status: row.get("status"),
-        reason: row.get("reason"),
-        issuing_service: row.get("issuing_service"),
-        identification_number: payload
-            .pointer("/applicant/identification_number")
-            .and_then(Value::as_str)
-            .map(mask_identification_number),
-        phone: payload.get("phone").and_then(Value::as_str).map(mask_phone),
-        created_at: row.get("created_at"),
-        updated_at: row.get("updated_at"),
+        summary: summary_of(&row),
         history,
     }))
+}
+
+/// Filters of the application list.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only this kind.
+    pub kind: Option<Kind>,
+    /// Only this issuing service (a clerk's scope).
+    pub issuing_service: Option<String>,
+}
+
+/// A position in the newest-first order: the last row of the previous page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Its creation time.
+    pub created_at: DateTime<Utc>,
+    /// Its id (ties).
+    pub application_id: Uuid,
+}
+
+/// One page of applications, newest first, after `after` (keyset pagination: an application
+/// appears once across pages however many are inserted meanwhile). Returns the page and the
+/// position to continue from, if there may be more.
+pub async fn list(
+    conn: &mut PgConnection,
+    filter: &ListFilter,
+    limit: i64,
+    after: Option<Position>,
+) -> sqlx::Result<(Vec<ApplicationSummary>, Option<Position>)> {
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS} FROM applications
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2)
+           AND ($3::text IS NULL OR issuing_service = $3)
+           AND ($4::timestamptz IS NULL OR (created_at, application_id) < ($4, $5))
+         ORDER BY created_at DESC, application_id DESC LIMIT $6"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(filter.status.map(Status::as_str))
+        .bind(filter.kind.map(Kind::as_str))
+        .bind(filter.issuing_service.as_deref())
+        .bind(after.map(|p| p.created_at))
+        .bind(after.map(|p| p.application_id))
+        .bind(limit + 1)
+        .fetch_all(&mut *conn)
+        .await?;
+    let more = rows.len() as i64 > limit;
+    let page: Vec<ApplicationSummary> = rows.iter().take(limit as usize).map(summary_of).collect();
+    let next = if more {
+        page.last().map(|last| Position {
+            created_at: last.created_at,
+            application_id: last.application_id,
+        })
+    } else {
+        None
+    };
+    Ok((page, next))
 }
 
 /// An application as a step works on it: valid, normalised, with personal data (never logged).

@@ -170,7 +170,8 @@ async fn session<H: Handler>(
                 Some(Err(error)) => break Err(failed(error.into())),
                 Some(Ok(delivery)) => {
                     let handler = Arc::clone(handler);
-                    in_flight.spawn(async move { process(&*handler, delivery).await });
+                    let queue = config.queue.clone();
+                    in_flight.spawn(async move { process(&*handler, &queue, delivery).await });
                 }
             },
             Some(done) = in_flight.join_next() => {
@@ -200,11 +201,17 @@ async fn session<H: Handler>(
     }
 }
 
-async fn process<H: Handler>(handler: &H, delivery: Delivery) -> anyhow::Result<()> {
+async fn process<H: Handler>(handler: &H, queue: &str, delivery: Delivery) -> anyhow::Result<()> {
     let message = Message::from_delivery(&delivery);
-    match handler.handle(&message).await? {
+    let gauge =
+        ::metrics::gauge!(crate::telemetry::metrics::IN_FLIGHT, "queue" => queue.to_owned());
+    gauge.increment(1.0);
+    let handled = handler.handle(&message).await;
+    gauge.decrement(1.0);
+    match handled? {
         Handled::Ack => {
             delivery.acker.ack(BasicAckOptions::default()).await?;
+            crate::telemetry::count_acked(queue, message.redelivered);
             Ok(())
         }
         Handled::Crash => Err(anyhow::anyhow!("simulated crash between commit and ack")),

@@ -285,3 +285,409 @@ mod tests {
         );
     }
 }
+
+/// A dead letter as an operator lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeadLetterSummary {
+    /// Id.
+    pub id: i64,
+    /// The application, when known.
+    pub application_id: Option<Uuid>,
+    /// Where it failed.
+    pub step: String,
+    /// `x-uid-error-kind`.
+    pub error_kind: String,
+    /// `x-uid-error`.
+    pub error: String,
+    /// A reason code (`duplicate_conflict`).
+    pub reason_code: Option<String>,
+    /// Attempts made.
+    pub attempts: i32,
+    /// First failure.
+    pub first_failed_at: DateTime<Utc>,
+    /// Last failure.
+    pub last_failed_at: DateTime<Utc>,
+    /// Parked.
+    pub parked_at: DateTime<Utc>,
+    /// `parked`, `replayed` or `discarded`.
+    pub state: String,
+    /// When it was replayed or discarded.
+    pub state_changed_at: Option<DateTime<Utc>>,
+    /// By whom (the token's name).
+    pub state_changed_by: Option<String>,
+    /// Why.
+    pub state_reason: Option<String>,
+    /// True if a replay can put it back where it failed.
+    pub replayable: bool,
+}
+
+/// A dead letter with its message, body masked where it holds personal data.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeadLetterDetail {
+    /// Everything listed.
+    #[serde(flatten)]
+    pub summary: DeadLetterSummary,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// Its headers (ours and the original ones).
+    pub headers: Value,
+    /// Its body.
+    pub body: Body,
+}
+
+/// A message body as shown to an operator.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Body {
+    /// `json`, `text` or `base64`.
+    pub encoding: &'static str,
+    /// The body (a JSON value for `json`).
+    pub content: Value,
+    /// True if personal data or secrets were masked.
+    pub masked: bool,
+    /// Size in bytes.
+    pub bytes: usize,
+}
+
+const STEP_PARKS: [&str; 2] = ["intake", "phone-confirmation"];
+
+fn replayable(step: &str, kind: &str, application_id: Option<Uuid>) -> bool {
+    let retryable = kind == ErrorKind::Permanent.as_str() || kind == ErrorKind::Exhausted.as_str();
+    let placeable = STEP_PARKS.contains(&step)
+        || (crate::topology::STEPS.contains(&step) && application_id.is_some());
+    retryable && placeable
+}
+
+const SUMMARY_COLUMNS: &str =
+    "id, application_id, step, error_kind, error, reason_code, attempts, first_failed_at,
+    last_failed_at, parked_at, state, state_changed_at, state_changed_by, state_reason";
+
+fn summary_of(row: &sqlx::postgres::PgRow) -> DeadLetterSummary {
+    use sqlx::Row;
+    let step: String = row.get("step");
+    let error_kind: String = row.get("error_kind");
+    let application_id: Option<Uuid> = row.get("application_id");
+    DeadLetterSummary {
+        id: row.get("id"),
+        application_id,
+        replayable: replayable(&step, &error_kind, application_id),
+        step,
+        error_kind,
+        error: row.get("error"),
+        reason_code: row.get("reason_code"),
+        attempts: row.get("attempts"),
+        first_failed_at: row.get("first_failed_at"),
+        last_failed_at: row.get("last_failed_at"),
+        parked_at: row.get("parked_at"),
+        state: row.get("state"),
+        state_changed_at: row.get("state_changed_at"),
+        state_changed_by: row.get("state_changed_by"),
+        state_reason: row.get("state_reason"),
+    }
+}
+
+/// One page of dead letters, newest first, with ids below `before`; `state` `None` = all.
+pub async fn list(
+    pool: &PgPool,
+    state: Option<&str>,
+    limit: i64,
+    before: Option<i64>,
+) -> sqlx::Result<(Vec<DeadLetterSummary>, Option<i64>)> {
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS} FROM dead_letters
+         WHERE ($1::text IS NULL OR state = $1) AND ($2::bigint IS NULL OR id < $2)
+         ORDER BY id DESC LIMIT $3"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(state)
+        .bind(before)
+        .bind(limit + 1)
+        .fetch_all(pool)
+        .await?;
+    let more = rows.len() as i64 > limit;
+    let page: Vec<DeadLetterSummary> = rows.iter().take(limit as usize).map(summary_of).collect();
+    let next = if more {
+        page.last().map(|d| d.id)
+    } else {
+        None
+    };
+    Ok((page, next))
+}
+
+/// One dead letter with its message; `None` if unknown.
+pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeadLetterDetail>> {
+    use sqlx::Row;
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS}, routing_key, headers, body FROM dead_letters WHERE id = $1"
+    );
+    let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let body: Vec<u8> = row.get("body");
+    Ok(Some(DeadLetterDetail {
+        summary: summary_of(&row),
+        routing_key: row.get("routing_key"),
+        headers: row.get("headers"),
+        body: show_body(&body),
+    }))
+}
+
+/// The body for an operator: JSON with personal data and secrets masked, text, or base64.
+pub fn show_body(body: &[u8]) -> Body {
+    use base64::Engine;
+    let bytes = body.len();
+    match std::str::from_utf8(body) {
+        Ok(text) => match serde_json::from_str::<Value>(text) {
+            Ok(mut value) => {
+                let masked = mask_json(&mut value);
+                Body {
+                    encoding: "json",
+                    content: value,
+                    masked,
+                    bytes,
+                }
+            }
+            // Text that is not JSON may still hold anything: shown whole, as the operator's
+            // means to export it; it never reaches a log.
+            Err(_) => Body {
+                encoding: "text",
+                content: Value::from(text),
+                masked: false,
+                bytes,
+            },
+        },
+        Err(_) => Body {
+            encoding: "base64",
+            content: Value::from(base64::engine::general_purpose::STANDARD.encode(body)),
+            masked: false,
+            bytes,
+        },
+    }
+}
+
+/// Masks the personal data and secrets an application or a confirmation may hold.
+fn mask_json(value: &mut Value) -> bool {
+    use crate::domain::{mask_identification_number, mask_phone};
+    let mut masked = false;
+    let mut set = |slot: Option<&mut Value>, f: &dyn Fn(&str) -> String| {
+        if let Some(slot) = slot
+            && let Some(text) = slot.as_str()
+        {
+            *slot = Value::from(f(text));
+            masked = true;
+        }
+    };
+    let name = |s: &str| {
+        s.chars()
+            .next()
+            .map(|c| format!("{c}***"))
+            .unwrap_or_default()
+    };
+    set(
+        value.pointer_mut("/applicant/identification_number"),
+        &|s| mask_identification_number(s.trim()),
+    );
+    set(value.pointer_mut("/applicant/surname"), &name);
+    set(value.pointer_mut("/applicant/given_name"), &name);
+    set(value.pointer_mut("/applicant/patronymic"), &name);
+    set(value.pointer_mut("/document/number"), &|_| "***".to_owned());
+    set(
+        value.pointer_mut("/phone"),
+        &|s| match crate::domain::Phone::parse(s) {
+            Ok(phone) => phone.masked(),
+            Err(_) => mask_phone(s),
+        },
+    );
+    set(value.pointer_mut("/code"), &|_| "***".to_owned());
+    masked
+}
+
+/// Why a replay or a discard was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// No such dead letter.
+    #[error("no dead letter {0}")]
+    NotFound(i64),
+    /// Already replayed or discarded.
+    #[error("dead letter {id} was already {state}")]
+    NotParked {
+        /// Id.
+        id: i64,
+        /// Its state.
+        state: String,
+    },
+    /// Nothing to put back where it failed.
+    #[error(
+        "dead letter {id} ({kind}) cannot be replayed: there is no step to put it back to; discard it (its body stays in the table)"
+    )]
+    NotReplayable {
+        /// Id.
+        id: i64,
+        /// Its kind.
+        kind: String,
+    },
+    /// The database failed.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Puts a parked message back where it failed: a step's work item to its step (attempts start
+/// over; steps already in the ledger do not run again), an intake message to `uid.intake`.
+/// The application, if `failed`, returns to the status it had before and goes on. Recorded in
+/// the dead letter (who, when, why) and the application's history.
+pub async fn replay(
+    pool: &PgPool,
+    id: i64,
+    who: &str,
+    why: &str,
+) -> Result<DeadLetterSummary, ActionError> {
+    use sqlx::Row;
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query("SELECT step, error_kind, application_id, state, routing_key, headers, body FROM dead_letters WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(ActionError::NotFound(id))?;
+    let state: String = row.get("state");
+    if state != "parked" {
+        return Err(ActionError::NotParked { id, state });
+    }
+    let step: String = row.get("step");
+    let kind: String = row.get("error_kind");
+    let application_id: Option<Uuid> = row.get("application_id");
+    if !replayable(&step, &kind, application_id) {
+        return Err(ActionError::NotReplayable { id, kind });
+    }
+    let detail = format!("dead letter {id} replayed by {who}: {why}");
+    if let Some(application_id) = application_id
+        && let Some(current) = crate::applications::load(&mut tx, application_id, true).await?
+    {
+        if current.status == crate::domain::Status::Failed {
+            let before: Option<String> = sqlx::query_scalar(
+                "SELECT status FROM application_history WHERE application_id = $1 AND status <> 'failed' ORDER BY id DESC LIMIT 1",
+            )
+            .bind(application_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let before = before
+                .as_deref()
+                .and_then(crate::domain::Status::parse)
+                .unwrap_or(crate::domain::Status::Received);
+            crate::applications::transition(
+                &mut tx,
+                application_id,
+                before,
+                "operator",
+                None,
+                Some(&detail),
+            )
+            .await?;
+        } else {
+            crate::applications::note(&mut tx, application_id, "operator", &detail).await?;
+        }
+    }
+    match (
+        crate::topology::STEPS.contains(&step.as_str()),
+        application_id,
+    ) {
+        (true, Some(application_id)) => {
+            crate::runtime::enqueue_work(
+                &mut tx,
+                &crate::messages::WorkItem::first(application_id, &step),
+                None,
+            )
+            .await?;
+        }
+        _ => {
+            let headers: Value = row.get("headers");
+            let original: serde_json::Map<String, Value> = headers
+                .as_object()
+                .map(|h| {
+                    h.iter()
+                        .filter(|(k, _)| {
+                            !k.starts_with("x-uid-")
+                                && !k.starts_with("x-death")
+                                && !k.starts_with("x-first-death")
+                                && !k.starts_with("x-last-death")
+                        })
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let routing_key: String = row.get("routing_key");
+            outbox::enqueue(
+                &mut tx,
+                &Outgoing {
+                    exchange: crate::topology::INTAKE_EXCHANGE.into(),
+                    routing_key,
+                    message_id: application_id.map(|a| a.to_string()),
+                    content_type: Some("application/json".into()),
+                    headers: Value::Object(original),
+                    body: row.get("body"),
+                    mandatory: true,
+                    expiration_ms: None,
+                },
+            )
+            .await?;
+        }
+    }
+    let summary = mark(&mut tx, id, "replayed", who, why).await?;
+    tx.commit().await?;
+    tracing::info!(dead_letter.id = id, by = who, "dead letter replayed");
+    Ok(summary)
+}
+
+/// Discards a parked dead letter (its row stays, marked), recorded with who, when and why.
+pub async fn discard(
+    pool: &PgPool,
+    id: i64,
+    who: &str,
+    why: &str,
+) -> Result<DeadLetterSummary, ActionError> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(String, Option<Uuid>)> =
+        sqlx::query_as("SELECT state, application_id FROM dead_letters WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (state, application_id) = row.ok_or(ActionError::NotFound(id))?;
+    if state != "parked" {
+        return Err(ActionError::NotParked { id, state });
+    }
+    if let Some(application_id) = application_id
+        && crate::applications::load(&mut tx, application_id, true)
+            .await?
+            .is_some()
+    {
+        let detail = format!("dead letter {id} discarded by {who}: {why}");
+        crate::applications::note(&mut tx, application_id, "operator", &detail).await?;
+    }
+    let summary = mark(&mut tx, id, "discarded", who, why).await?;
+    tx.commit().await?;
+    tracing::info!(dead_letter.id = id, by = who, "dead letter discarded");
+    Ok(summary)
+}
+
+async fn mark(
+    tx: &mut PgConnection,
+    id: i64,
+    state: &str,
+    who: &str,
+    why: &str,
+) -> sqlx::Result<DeadLetterSummary> {
+    let sql = format!(
+        "UPDATE dead_letters SET state = $2, state_changed_at = clock_timestamp(), state_changed_by = $3, state_reason = $4
+         WHERE id = $1 RETURNING {SUMMARY_COLUMNS}"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(state)
+        .bind(who)
+        .bind(why)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(summary_of(&row))
+}

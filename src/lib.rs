@@ -3,6 +3,7 @@
 //! `workers/uidflow-cli` (see ARCHITECTURE.md for why, and for the map of the code).
 
 pub mod amqp;
+pub mod api;
 pub mod applications;
 pub mod config;
 pub mod consumer;

@@ -104,6 +104,11 @@ pub async fn relay_once(
     for ((id, message), result) in ids.iter().zip(&messages).zip(results) {
         match result {
             PublishResult::Confirmed => {
+                if let Some(queue) =
+                    crate::topology::queue_for(&message.exchange, &message.routing_key)
+                {
+                    crate::telemetry::count_published(&queue);
+                }
                 ::metrics::counter!(names::OUTBOX_PUBLISHED_TOTAL, "exchange" => message.exchange.clone())
                     .increment(1);
                 done.push(*id);

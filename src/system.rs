@@ -36,11 +36,13 @@ pub enum Part {
     Register,
     /// Step send-sms.
     SendSms,
+    /// The HTTP API (with `/metrics`, `/healthz`, `/readyz`).
+    Api,
 }
 
 impl Part {
     /// Every part.
-    pub const ALL: [Part; 8] = [
+    pub const ALL: [Part; 9] = [
         Part::Intake,
         Part::Outbox,
         Part::DeadLetterKeeper,
@@ -49,6 +51,7 @@ impl Part {
         Part::ConfirmPhone,
         Part::Register,
         Part::SendSms,
+        Part::Api,
     ];
 
     /// Name on the command line (a step's part is named after the step).
@@ -62,6 +65,7 @@ impl Part {
             Part::ConfirmPhone => crate::route::CONFIRM_PHONE,
             Part::Register => crate::route::REGISTER,
             Part::SendSms => crate::route::SEND_SMS,
+            Part::Api => "api",
         }
     }
 
@@ -74,9 +78,6 @@ impl Part {
     }
 }
 
-/// Names of the parts that come with later work, so `--only` can say so plainly.
-const LATER_PARTS: [&str; 1] = ["api"];
-
 /// Parses `--only intake,outbox`.
 pub fn parse_parts(list: &str) -> Result<BTreeSet<Part>, String> {
     let mut parts = BTreeSet::new();
@@ -84,12 +85,6 @@ pub fn parse_parts(list: &str) -> Result<BTreeSet<Part>, String> {
         match Part::ALL.iter().find(|p| p.as_str() == name) {
             Some(part) => {
                 parts.insert(*part);
-            }
-            None if LATER_PARTS.contains(&name) => {
-                return Err(format!(
-                    "part {name:?} is not built yet (it comes with the HTTP API work); parts available now: {}",
-                    Part::ALL.map(Part::as_str).join(", ")
-                ));
             }
             None => {
                 return Err(format!(
@@ -116,6 +111,8 @@ pub struct RunOptions {
     pub part_concurrency: std::collections::BTreeMap<Part, u16>,
     /// Fault injection for tests (see `intake::Intake`); zero in production.
     pub crash_intake_after_commit: Arc<AtomicU32>,
+    /// API tokens; `None`: from `API_TOKENS_FILE`, or local ones made in `.uidflow/tokens`.
+    pub tokens: Option<crate::api::auth::Tokens>,
 }
 
 impl Default for RunOptions {
@@ -125,6 +122,7 @@ impl Default for RunOptions {
             concurrency: 32,
             part_concurrency: Default::default(),
             crash_intake_after_commit: Arc::new(AtomicU32::new(0)),
+            tokens: None,
         }
     }
 }
@@ -175,13 +173,17 @@ pub struct System {
     tasks: JoinSet<()>,
     /// The intake's counters.
     pub intake_stats: Arc<IntakeStats>,
+    /// Where the HTTP API listens, if this process hosts it.
+    pub api_addr: Option<std::net::SocketAddr>,
 }
 
 /// Starts the core parts of `options` (intake, outbox, keeper) on a prepared database; the
 /// step parts are started by the binary's composition (`uidflow_cli::start`), which knows the
 /// step crates, with [`System::spawn`].
-pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> System {
+pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> anyhow::Result<System> {
+    crate::telemetry::prometheus();
     let token = CancellationToken::new();
+    let mut api_addr = None;
     let mut tasks = JoinSet::new();
     let intake_stats = Arc::new(IntakeStats::default());
     for part in &options.parts {
@@ -199,13 +201,61 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> System
             Part::DeadLetterKeeper => {
                 tasks.spawn(dead_letters::run_keeper(settings, pool, token));
             }
+            Part::Api => {
+                let tokens = match &options.tokens {
+                    Some(tokens) => tokens.clone(),
+                    None => api_tokens(&settings)?,
+                };
+                let listener = std::net::TcpListener::bind(settings.api_addr).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on API_ADDR {} ({e}); free the port or set API_ADDR",
+                        settings.api_addr
+                    )
+                })?;
+                listener.set_nonblocking(true)?;
+                api_addr = Some(listener.local_addr()?);
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let state = crate::api::ApiState::new(settings, pool, tokens);
+                tasks.spawn(async move {
+                    if let Err(error) = crate::api::serve(listener, state, token).await {
+                        tracing::error!(error = %error, "the HTTP API stopped");
+                    }
+                });
+            }
             _ => {}
         }
     }
-    System {
+    if let Some(addr) = api_addr {
+        tracing::info!(%addr, "HTTP API listening");
+    }
+    Ok(System {
         token,
         tasks,
         intake_stats,
+        api_addr,
+    })
+}
+
+/// The API tokens of `settings`: the file of `API_TOKENS_FILE`, or local tokens made (once)
+/// in `.uidflow/tokens`, whose place is printed.
+pub fn api_tokens(settings: &Settings) -> anyhow::Result<crate::api::auth::Tokens> {
+    match &settings.api_tokens_file {
+        Some(path) => crate::api::auth::Tokens::from_file(path)
+            .map_err(|e| anyhow::anyhow!("API_TOKENS_FILE: {e}")),
+        None => {
+            let dir = std::path::Path::new(".uidflow/tokens");
+            let local = crate::api::auth::local_tokens(dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot write local API tokens to {} ({e}); set API_TOKENS_FILE",
+                    dir.display()
+                )
+            })?;
+            eprintln!(
+                "API tokens (API_TOKENS_FILE unset): operator in {0}/operator.token, clerks in {0}/clerk-<service>.token",
+                local.dir.display()
+            );
+            Ok(local.tokens)
+        }
     }
 }
 
@@ -249,7 +299,7 @@ mod tests {
                 .unwrap()
                 .contains(&Part::VerifyIdentity)
         );
-        assert!(parse_parts("api").unwrap_err().contains("not built yet"));
+        assert!(parse_parts("api").unwrap().contains(&Part::Api));
         assert!(
             parse_parts("nonsense")
                 .unwrap_err()

@@ -22,6 +22,79 @@ pub fn init(format: LogFormat) {
     };
 }
 
+/// The process's Prometheus recorder (installed once; later calls return the same handle).
+pub fn prometheus() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                300.0, 1800.0,
+            ];
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .expect("the bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may be installed (a test harness); ours then only renders empty.
+            let _ = ::metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Totals per queue that uidflow itself saw: published (by the outbox), acked and
+/// redelivered (by its consumers). Process-wide; the broker knows depths and consumers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueTotals {
+    /// Messages this process published to the queue.
+    pub published: u64,
+    /// Deliveries this process acked from it.
+    pub acked: u64,
+    /// Deliveries from it that were redeliveries.
+    pub redelivered: u64,
+}
+
+static QUEUE_TOTALS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, QueueTotals>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Counts a publish to `queue`.
+pub fn count_published(queue: &str) {
+    if let Ok(mut totals) = QUEUE_TOTALS.lock() {
+        totals.entry(queue.to_owned()).or_default().published += 1;
+    }
+}
+
+/// Counts an ack of a delivery from `queue`.
+pub fn count_acked(queue: &str, redelivered: bool) {
+    if let Ok(mut totals) = QUEUE_TOTALS.lock() {
+        let entry = totals.entry(queue.to_owned()).or_default();
+        entry.acked += 1;
+        entry.redelivered += u64::from(redelivered);
+    }
+}
+
+/// The totals of `queue` so far.
+pub fn queue_totals(queue: &str) -> QueueTotals {
+    QUEUE_TOTALS
+        .lock()
+        .map(|t| t.get(queue).copied().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// Records one call to an external system (`mvd`, `sms`) and how it went.
+pub fn observe_call<T, E>(
+    service: &'static str,
+    started: std::time::Instant,
+    result: &Result<T, E>,
+) {
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ::metrics::histogram!(metrics::EXTERNAL_CALL_DURATION_SECONDS, "service" => service, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+}
+
 /// Metric names (`uidflow_<noun>_<unit>[_total]`); labels have bounded values only.
 pub mod metrics {
     /// Counter of intake deliveries by `outcome` (received, rejected, duplicate, conflict,
@@ -35,4 +108,20 @@ pub mod metrics {
     pub const OUTBOX_FAILED_TOTAL: &str = "uidflow_outbox_failed_total";
     /// Counter of dead letters parked, by `kind`.
     pub const DEAD_LETTERS_TOTAL: &str = "uidflow_dead_letters_total";
+    /// Histogram of one step delivery, by `step` and `outcome`.
+    pub const STEP_DURATION_SECONDS: &str = "uidflow_step_duration_seconds";
+    /// Gauge of deliveries being handled now, by `queue`.
+    pub const IN_FLIGHT: &str = "uidflow_in_flight";
+    /// Histogram of the time from intake to an end state, by `kind` and `status`.
+    pub const APPLICATION_DURATION_SECONDS: &str = "uidflow_application_duration_seconds";
+    /// Counter of status changes, by `status`.
+    pub const STATUS_CHANGES_TOTAL: &str = "uidflow_status_changes_total";
+    /// Histogram of calls to the MVD and the SMS gateway, by `service` and `outcome` (ok, error).
+    pub const EXTERNAL_CALL_DURATION_SECONDS: &str = "uidflow_external_call_duration_seconds";
+    /// Gauge of messages ready in a queue (sampled by `/metrics` and `/v1/queues`), by `queue`.
+    pub const QUEUE_MESSAGES: &str = "uidflow_queue_messages";
+    /// Gauge of consumers of a queue (sampled likewise), by `queue`.
+    pub const QUEUE_CONSUMERS: &str = "uidflow_queue_consumers";
+    /// Counter of HTTP API requests, by `route` and `status`.
+    pub const HTTP_REQUESTS_TOTAL: &str = "uidflow_http_requests_total";
 }

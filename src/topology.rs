@@ -75,6 +75,22 @@ pub fn retry_queue(step: &str, delay: Duration) -> String {
     format!("uid.retry.{}", retry_routing_key(step, delay))
 }
 
+/// The queue a publish to `exchange` with `routing_key` lands in, for uidflow's own counters.
+pub fn queue_for(exchange: &str, routing_key: &str) -> Option<String> {
+    match exchange {
+        WORK_EXCHANGE => Some(step_queue(routing_key)),
+        RETRY_EXCHANGE => Some(format!("uid.retry.{routing_key}")),
+        DEAD_LETTER_EXCHANGE => Some(DEAD_LETTER_QUEUE.to_owned()),
+        INTAKE_EXCHANGE if routing_key == APPLICATION_ROUTING_KEY => {
+            Some(APPLICATION_QUEUE.to_owned())
+        }
+        INTAKE_EXCHANGE if routing_key == PHONE_CONFIRMATION_ROUTING_KEY => {
+            Some(PHONE_CONFIRMATION_QUEUE.to_owned())
+        }
+        _ => None,
+    }
+}
+
 /// Exchange types we use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ExchangeType {

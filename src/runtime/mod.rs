@@ -35,8 +35,7 @@ use crate::outbox;
 use crate::route::{self, Next};
 use crate::topology::{RETRY_EXCHANGE, WORK_EXCHANGE, retry_routing_key, step_queue};
 
-/// Histogram of one step attempt, by `step` and `outcome`.
-pub const STEP_DURATION_SECONDS: &str = "uidflow_step_duration_seconds";
+use crate::telemetry::metrics::STEP_DURATION_SECONDS;
 
 /// What the runtime hands a step.
 #[derive(Clone)]

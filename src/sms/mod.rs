@@ -75,6 +75,18 @@ impl SmsClient {
         phone: &str,
         text: &str,
     ) -> Result<SmsAccepted, StepError> {
+        let started = std::time::Instant::now();
+        let result = self.send_once(message_id, phone, text).await;
+        crate::telemetry::observe_call(SERVICE, started, &result);
+        result
+    }
+
+    async fn send_once(
+        &self,
+        message_id: Uuid,
+        phone: &str,
+        text: &str,
+    ) -> Result<SmsAccepted, StepError> {
         let response = self
             .client
             .post(&self.url)

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod openapi;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::process::Command;
@@ -40,6 +42,35 @@ pub struct TestApp {
     pub channel: Channel,
     /// The MVD and SMS simulators (pipeline tests), served from the test process.
     pub sim: Option<uidflow::sim::Simulators>,
+    /// The API's base URL, e.g. `http://127.0.0.1:41234`, when the system runs.
+    pub api: Option<String>,
+    /// Tokens by name: `operator`, `clerk-<service>` (see `test_tokens`).
+    pub tokens: HashMap<String, String>,
+}
+
+/// Tokens for tests: an operator and a clerk per example issuing service, with their names.
+pub fn test_tokens() -> (uidflow::api::auth::Tokens, HashMap<String, String>) {
+    use uidflow::api::auth::{Role, TokenEntry, Tokens, digest};
+    let mut plain = HashMap::new();
+    let mut entries = Vec::new();
+    let mut add = |name: String, role: Role, service: Option<&str>| {
+        let token = format!("test-{}", Uuid::new_v4().simple());
+        entries.push(TokenEntry {
+            name: Some(name.clone()),
+            role,
+            issuing_service: service.map(str::to_owned),
+            sha256: hex::encode(digest(&token)),
+        });
+        plain.insert(name, token);
+    };
+    add("operator".into(), Role::Operator, None);
+    for service in uidflow::api::auth::EXAMPLE_SERVICES {
+        add(format!("clerk-{service}"), Role::Clerk, Some(service));
+    }
+    (
+        Tokens::from_entries(entries).expect("test tokens are valid"),
+        plain,
+    )
 }
 
 /// Fast argon2 parameters for tests (`ARGON2_MEMORY_KIB`, `ARGON2_ITERATIONS`): the code
@@ -66,11 +97,16 @@ impl TestApp {
     }
 
     /// Prepares a fresh vhost and database and starts the system with `options`.
-    pub async fn spawn_with(options: RunOptions) -> Self {
+    pub async fn spawn_with(mut options: RunOptions) -> Self {
         let app = Self::prepare().await;
-        let system = system::start(&app.settings, &app.pool, &options);
+        let (tokens, plain) = test_tokens();
+        options.tokens = Some(tokens);
+        let system = system::start(&app.settings, &app.pool, &options).expect("the system starts");
+        let api = system.api_addr.map(|addr| format!("http://{addr}"));
         Self {
             system: Some(system),
+            api,
+            tokens: plain,
             ..app
         }
     }
@@ -97,12 +133,20 @@ impl TestApp {
             (TEST_HASH_ENV[1].0, TEST_HASH_ENV[1].1.to_owned()),
         ];
         let app = Self::prepare_with(&extra).await;
+        let (tokens, plain) = test_tokens();
+        let options = RunOptions {
+            tokens: Some(tokens),
+            ..options
+        };
         let running = uidflow_cli::start(&app.settings, &app.pool, &options, Default::default())
             .await
             .expect("the pipeline starts");
+        let api = running.system.api_addr.map(|addr| format!("http://{addr}"));
         Self {
             system: Some(running.system),
             sim: Some(sim),
+            api,
+            tokens: plain,
             ..app
         }
     }
@@ -132,6 +176,7 @@ impl TestApp {
                 format!("postgres://postgres@127.0.0.1:5432/{database}"),
             ),
             ("RETRY_DELAYS", "1s,5s,30s,2m,10m".to_owned()),
+            ("API_ADDR", "127.0.0.1:0".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -161,6 +206,8 @@ impl TestApp {
             connection,
             channel,
             sim: None,
+            api: None,
+            tokens: HashMap::new(),
         }
     }
 
@@ -565,5 +612,60 @@ impl TestApp {
         let password =
             uidflow::sms::texts::password_in(text).expect("the last SMS carries a password");
         uidflow::secrets::verify(password, &hash.expect("a password hash"))
+    }
+}
+
+/// One HTTP answer of the API, for assertions.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub text: String,
+    pub json: Value,
+}
+
+impl TestApp {
+    /// Calls the API: `token` is a name from [`test_tokens`] (`operator`, `clerk-<service>`),
+    /// `Some("")`-like unknown names send that literal string, `None` sends no token.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let base = self.api.as_ref().expect("the API runs in this test app");
+        let client = uidflow::http::client(Duration::from_secs(10));
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut request = client.request(method, format!("{base}{path}"));
+        if let Some(name) = token {
+            let token = self
+                .tokens
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| name.to_owned());
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.expect("the API answers");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let text = response.text().await.expect("a body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer {
+            status,
+            content_type,
+            text,
+            json,
+        }
     }
 }

@@ -29,7 +29,7 @@ pub async fn start(
     sim_config: SimConfig,
 ) -> anyhow::Result<Running> {
     let mut settings = settings.clone();
-    let mut system = system::start(&settings, pool, options);
+    let mut system = system::start(&settings, pool, options)?;
     let calls_out = options.parts.iter().any(|part| part.calls_out());
     let simulators = if calls_out && (settings.mvd_url.is_none() || settings.sms_url.is_none()) {
         let (simulators, addr) = sim::spawn_local(sim_config, system.token().child_token()).await?;
@@ -82,7 +82,7 @@ pub async fn start(
                     confirm_phone::run_consumer(settings, pool, concurrency, token)
                 });
             }
-            Part::Intake | Part::Outbox | Part::DeadLetterKeeper => {}
+            Part::Intake | Part::Outbox | Part::DeadLetterKeeper | Part::Api => {}
         }
     }
     Ok(Running {

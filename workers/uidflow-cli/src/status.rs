@@ -24,7 +24,7 @@ pub async fn run(
             let mut conn = pool.acquire().await?;
             let view = load_view(&mut conn, *id).await?;
             let ready = match &view {
-                Some(v) => !settled || v.status != "received",
+                Some(v) => !settled || v.summary.status != "received",
                 None => false,
             };
             if ready || Instant::now() >= deadline {
@@ -62,7 +62,8 @@ pub async fn run(
     })
 }
 
-fn print_view(view: &ApplicationView) {
+fn print_view(full: &ApplicationView) {
+    let view = &full.summary;
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     println!("application {}", view.application_id);
     println!("  kind        {}", dash(&view.kind));
@@ -86,7 +87,7 @@ fn print_view(view: &ApplicationView) {
         }
     }
     println!("  history");
-    for entry in &view.history {
+    for entry in &full.history {
         println!(
             "    {}  {:<28} {:<16} {}",
             entry.at.format("%Y-%m-%d %H:%M:%S%.3f"),

@@ -109,9 +109,13 @@ impl Step for VerifyIdentity {
         application: &Loaded,
         _item: &WorkItem,
     ) -> Result<MvdAnswer, StepError> {
-        self.client
+        let started = std::time::Instant::now();
+        let result = self
+            .client
             .verify(application.application_id, &request_for(application))
-            .await
+            .await;
+        uidflow::telemetry::observe_call("mvd", started, &result);
+        result
     }
 
     async fn commit(
