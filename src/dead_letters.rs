@@ -256,6 +256,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn personal_data_is_masked_in_every_shape_of_body() {
+        let application = br#"{"application_id": "0b8f8f8e-2f3c-4c55-9a43-2f4a3b1c9d10", "applicant": {"surname": "Ivanou",
+            "identification_number": "3140385a001pb5"}, "document": {"number": "MP1234567"}, "phone": "8 (029) 123-45-67"}"#;
+        let mut array = b"[".to_vec();
+        array.extend_from_slice(application);
+        array.push(b']');
+        let truncated = &application[..application.len() - 30];
+        let mut binary = application.to_vec();
+        binary.insert(5, 0xff);
+        for body in [&application[..], &array, truncated, &binary] {
+            let shown = show_body(body);
+            let text = shown.content.to_string();
+            for secret in ["3140385a001pb5", "123-45-67", "1234567", "Ivanou"] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+            assert!(
+                shown.masked && shown.raw_base64.is_none(),
+                "{}",
+                shown.encoding
+            );
+        }
+        let harmless = show_body(b"just text, 42");
+        assert!(!harmless.masked && harmless.raw_base64.is_some());
+    }
+
+    #[test]
     fn queues_map_to_their_steps() {
         for (queue, step) in [
             ("uid.step.register", "register"),
@@ -346,6 +372,9 @@ pub struct Body {
     pub masked: bool,
     /// Size in bytes.
     pub bytes: usize,
+    /// The body byte for byte (base64), for export; only when nothing was masked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_base64: Option<String>,
 }
 
 const STEP_PARKS: [&str; 2] = ["intake", "phone-confirmation"];
@@ -439,70 +468,97 @@ pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeadLetterDetail
 pub fn show_body(body: &[u8]) -> Body {
     use base64::Engine;
     let bytes = body.len();
-    match std::str::from_utf8(body) {
+    let (encoding, content, masked) = match std::str::from_utf8(body) {
         Ok(text) => match serde_json::from_str::<Value>(text) {
             Ok(mut value) => {
-                let masked = mask_json(&mut value);
-                Body {
-                    encoding: "json",
-                    content: value,
-                    masked,
-                    bytes,
-                }
+                let masked = mask_json(&mut value, None);
+                ("json", value, masked)
             }
-            // Text that is not JSON may still hold anything: shown whole, as the operator's
-            // means to export it; it never reaches a log.
-            Err(_) => Body {
-                encoding: "text",
-                content: Value::from(text),
-                masked: false,
-                bytes,
-            },
+            Err(_) => {
+                let (shown, masked) = mask_bytes(text.as_bytes());
+                (
+                    "text",
+                    Value::from(String::from_utf8_lossy(&shown).into_owned()),
+                    masked,
+                )
+            }
         },
-        Err(_) => Body {
-            encoding: "base64",
-            content: Value::from(base64::engine::general_purpose::STANDARD.encode(body)),
-            masked: false,
-            bytes,
-        },
+        Err(_) => {
+            let (shown, masked) = mask_bytes(body);
+            (
+                "base64",
+                Value::from(base64::engine::general_purpose::STANDARD.encode(shown)),
+                masked,
+            )
+        }
+    };
+    let raw = (!masked).then(|| base64::engine::general_purpose::STANDARD.encode(body));
+    Body {
+        encoding,
+        content,
+        masked,
+        bytes,
+        raw_base64: raw,
     }
 }
 
-/// Masks the personal data and secrets an application or a confirmation may hold.
-fn mask_json(value: &mut Value) -> bool {
-    use crate::domain::{mask_identification_number, mask_phone};
-    let mut masked = false;
-    let mut set = |slot: Option<&mut Value>, f: &dyn Fn(&str) -> String| {
-        if let Some(slot) = slot
-            && let Some(text) = slot.as_str()
-        {
-            *slot = Value::from(f(text));
-            masked = true;
+/// Masks what looks like an identification number (`3140385A***PB5`), a phone number (9 or
+/// more digits, with any separators: `***`) or the value of a name, document number, code or
+/// password field anywhere in `bytes`, even in broken or truncated input. True if anything was
+/// masked.
+fn mask_bytes(bytes: &[u8]) -> (Vec<u8>, bool) {
+    use regex::bytes::Regex;
+    static NUMBER: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+        Regex::new(r"(?i)\b([0-9]{7}[a-z])[0-9]{3}([a-z]{2}[0-9])\b").expect("a valid pattern")
+    });
+    static PHONE: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+        Regex::new(r"\+?[0-9](?:[ ()\-]*[0-9]){8,}").expect("a valid pattern")
+    });
+    static FIELD: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+        Regex::new(r#"("(?:surname|given_name|patronymic|number|code|password)"\s*:\s*")[^"]*"#)
+            .expect("a valid pattern")
+    });
+    let fields = FIELD.replace_all(bytes, &b"${1}***"[..]);
+    let numbers = NUMBER.replace_all(&fields, &b"${1}***${2}"[..]);
+    let phones = PHONE.replace_all(&numbers, &b"***"[..]);
+    let masked = phones.as_ref() != bytes;
+    (phones.into_owned(), masked)
+}
+
+/// Masks personal data and secrets anywhere in a JSON value: names, document numbers, codes and
+/// passwords by their keys; identification numbers and phones by their shape. True if anything
+/// was masked.
+fn mask_json(value: &mut Value, key: Option<&str>) -> bool {
+    match value {
+        Value::Object(map) => {
+            let mut masked = false;
+            for (key, child) in map.iter_mut() {
+                masked |= mask_json(child, Some(key));
+            }
+            masked
         }
-    };
-    let name = |s: &str| {
-        s.chars()
-            .next()
-            .map(|c| format!("{c}***"))
-            .unwrap_or_default()
-    };
-    set(
-        value.pointer_mut("/applicant/identification_number"),
-        &|s| mask_identification_number(s.trim()),
-    );
-    set(value.pointer_mut("/applicant/surname"), &name);
-    set(value.pointer_mut("/applicant/given_name"), &name);
-    set(value.pointer_mut("/applicant/patronymic"), &name);
-    set(value.pointer_mut("/document/number"), &|_| "***".to_owned());
-    set(
-        value.pointer_mut("/phone"),
-        &|s| match crate::domain::Phone::parse(s) {
-            Ok(phone) => phone.masked(),
-            Err(_) => mask_phone(s),
-        },
-    );
-    set(value.pointer_mut("/code"), &|_| "***".to_owned());
-    masked
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |masked, item| mask_json(item, key) | masked),
+        Value::String(text) => {
+            let replacement = match key {
+                Some("surname" | "given_name" | "patronymic") => Some(
+                    text.chars()
+                        .next()
+                        .map(|c| format!("{c}***"))
+                        .unwrap_or_default(),
+                ),
+                Some("number" | "code" | "password") => Some("***".to_owned()),
+                _ => None,
+            };
+            let (shown, by_shape) = mask_bytes(text.as_bytes());
+            let shown = replacement.unwrap_or_else(|| String::from_utf8_lossy(&shown).into_owned());
+            let masked = by_shape || shown != *text;
+            *text = shown;
+            masked
+        }
+        _ => false,
+    }
 }
 
 /// Why a replay or a discard was refused.

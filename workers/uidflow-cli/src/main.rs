@@ -3,6 +3,7 @@
 //! with how it was started (arguments, configuration, a command not built yet), 1 otherwise.
 
 mod follow;
+mod remote;
 mod status;
 mod submit;
 
@@ -82,14 +83,16 @@ enum Command {
         /// With --wait: also wait until the status is not `received` any more.
         #[arg(long, requires = "wait")]
         settled: bool,
+        /// Ask a running API instead of the database (e.g. `http://10.0.0.5:8080`).
+        #[arg(long)]
+        api: Option<String>,
+        /// The token for --api (default `UIDFLOW_TOKEN`, else `.uidflow/tokens/operator.token`).
+        #[arg(long, requires = "api")]
+        token: Option<String>,
     },
-    /// The operator's dead-letter tools (come with the operator work).
+    /// The operator's dead-letter tools, through the HTTP API.
     #[command(name = "dead-letters")]
-    DeadLetters {
-        /// list | show <id> | replay <id> | discard <id>
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    DeadLetters(remote::DeadLetterArgs),
     /// Only the external-system simulators (MVD and SMS gateway), for tests of other systems.
     Sim {
         /// Where to listen.
@@ -195,11 +198,30 @@ async fn main() -> ExitCode {
             json,
             wait,
             settled,
+            api: Some(api),
+            token,
+        } => {
+            if wait.is_some() || settled {
+                return usage("--wait and --settled read the database; use them without --api");
+            }
+            match remote::Remote::new(Some(api), token, &settings) {
+                Ok(remote) => remote_status(&remote, &ids, json).await,
+                Err(error) => Err(error),
+            }
+        }
+        Command::Status {
+            ids,
+            json,
+            wait,
+            settled,
+            api: None,
+            ..
         } => status::run(&settings, &ids, json, wait, settled).await,
-        Command::DeadLetters { .. } => {
-            return usage(
-                "`uidflow dead-letters` is not built yet: it comes with the operator tools. Parked dead letters are in the dead_letters table and on the uid.dead-letter queue",
-            );
+        Command::DeadLetters(args) => {
+            match remote::Remote::new(args.api.clone(), args.token.clone(), &settings) {
+                Ok(remote) => remote::dead_letters(&remote, &args).await,
+                Err(error) => Err(error),
+            }
         }
         Command::Sim {
             addr,
@@ -235,6 +257,19 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn remote_status(
+    remote: &remote::Remote,
+    ids: &[uuid::Uuid],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut views = Vec::new();
+    for id in ids {
+        views.push(remote.status(*id, false).await?);
+    }
+    status::print_all(&views, ids.len(), json)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn usage(message: &str) -> ExitCode {

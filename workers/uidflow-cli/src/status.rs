@@ -1,9 +1,11 @@
-//! `uidflow status`: what a clerk sees of an application, read from the database, masked.
+//! `uidflow status`: what a clerk sees of an application, masked: read from the database, or
+//! with `--api` from a running API (`remote`). One printer for both.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use uidflow::applications::{ApplicationView, load_view};
+use serde_json::Value;
+use uidflow::applications::load_view;
 use uidflow::config::Settings;
 use uuid::Uuid;
 
@@ -42,18 +44,11 @@ pub async fn run(
             }
         }
     }
-    if json {
-        let out = if ids.len() == 1 && views.len() == 1 {
-            serde_json::to_string_pretty(&views[0])?
-        } else {
-            serde_json::to_string_pretty(&views)?
-        };
-        println!("{out}");
-    } else {
-        for view in &views {
-            print_view(view);
-        }
-    }
+    let views: Vec<Value> = views
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?;
+    print_all(&views, ids.len(), json)?;
     pool.close().await;
     Ok(if missing == 0 {
         ExitCode::SUCCESS
@@ -62,19 +57,39 @@ pub async fn run(
     })
 }
 
-fn print_view(full: &ApplicationView) {
-    let view = &full.summary;
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    println!("application {}", view.application_id);
-    println!("  kind        {}", dash(&view.kind));
-    println!("  status      {}", view.status);
-    println!("  service     {}", dash(&view.issuing_service));
+/// Prints views as tables, or as JSON (one object for one id, else a list).
+pub fn print_all(views: &[Value], asked: usize, json: bool) -> anyhow::Result<()> {
+    if json {
+        let out = if asked == 1 && views.len() == 1 {
+            serde_json::to_string_pretty(&views[0])?
+        } else {
+            serde_json::to_string_pretty(views)?
+        };
+        println!("{out}");
+    } else {
+        for view in views {
+            print_view(view);
+        }
+    }
+    Ok(())
+}
+
+fn print_view(view: &Value) {
+    let text = |key: &str| match &view[key] {
+        Value::String(s) => s.clone(),
+        _ => "-".to_owned(),
+    };
+    println!("application {}", text("application_id"));
+    println!("  kind        {}", text("kind"));
+    println!("  status      {}", text("status"));
+    println!("  service     {}", text("issuing_service"));
     println!(
         "  applicant   {}  phone {}",
-        dash(&view.identification_number),
-        dash(&view.phone)
+        text("identification_number"),
+        text("phone")
     );
-    if let Some(reason) = &view.reason {
+    let reason = &view["reason"];
+    if reason.is_object() {
         let code = reason["code"].as_str().unwrap_or("?");
         let detail = reason["detail"].as_str().unwrap_or("");
         println!("  reason      {code}: {detail}");
@@ -87,13 +102,16 @@ fn print_view(full: &ApplicationView) {
         }
     }
     println!("  history");
-    for entry in &full.history {
+    for entry in view["history"].as_array().into_iter().flatten() {
+        let at = entry["at"].as_str().unwrap_or("?");
+        let at = chrono::DateTime::parse_from_rfc3339(at)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+            .unwrap_or_else(|_| at.to_owned());
         println!(
-            "    {}  {:<28} {:<16} {}",
-            entry.at.format("%Y-%m-%d %H:%M:%S%.3f"),
-            entry.status,
-            entry.step,
-            entry.detail.as_deref().unwrap_or("")
+            "    {at}  {:<28} {:<18} {}",
+            entry["status"].as_str().unwrap_or("?"),
+            entry["step"].as_str().unwrap_or("?"),
+            entry["detail"].as_str().unwrap_or("")
         );
     }
 }
