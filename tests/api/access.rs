@@ -4,7 +4,12 @@ use crate::common::openapi::OpenApi;
 use crate::common::{Person, TestApp, wait_until};
 
 /// One endpoint call: method, path, body, and (caller, expected status) pairs.
-type Case<'a> = (&'a str, String, Option<serde_json::Value>, Vec<(Option<&'a str>, u16)>);
+type Case<'a> = (
+    &'a str,
+    String,
+    Option<serde_json::Value>,
+    Vec<(Option<&'a str>, u16)>,
+);
 
 /// Every endpoint × every kind of caller: no token and an unknown token → 401; a clerk on an
 /// operator endpoint → 403; an operator where only clerks go → 403; a clerk asking for another
