@@ -159,7 +159,7 @@ impl TestApp {
     /// [`TestApp::prepare`] with extra configuration variables.
     pub async fn prepare_with(extra: &[(&str, String)]) -> Self {
         if std::env::var_os("TEST_LOG").is_some() {
-            uidflow::telemetry::init(uidflow::config::LogFormat::Text);
+            uidflow::telemetry::init(uidflow::config::LogFormat::Text, None);
         }
         let suffix = Uuid::new_v4().simple().to_string();
         let vhost = format!("uidflow-test-{suffix}");

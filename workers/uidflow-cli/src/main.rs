@@ -133,7 +133,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    uidflow::telemetry::init(settings.log_format);
+    uidflow::telemetry::init(settings.log_format, settings.otlp_endpoint.as_ref());
     let result = match cli.command {
         Command::Run {
             only,
@@ -228,6 +228,7 @@ async fn main() -> ExitCode {
             return usage("`uidflow bench` is not built yet: it comes with the performance work");
         }
     };
+    uidflow::telemetry::flush();
     match result {
         Ok(code) => code,
         Err(error) => {
