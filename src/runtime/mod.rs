@@ -230,7 +230,10 @@ impl<S: Step> StepRunner<S> {
             }
         };
         let id = item.application_id;
-        let span = tracing::info_span!("step", step = S::NAME, application.id = %id, attempt = item.attempt);
+        let trace_id = crate::trace::current()
+            .unwrap_or_else(|| crate::trace::TraceContext::for_application(id))
+            .trace_id_hex();
+        let span = tracing::info_span!("step", step = S::NAME, application.id = %id, attempt = item.attempt, trace_id = %trace_id);
         let _entered = span.enter();
         if let Some(not_before) = item.not_before {
             let left = (not_before - Utc::now()).to_std().unwrap_or_default();
