@@ -65,6 +65,9 @@ pub struct Settings {
     pub http_timeout: Duration,
     /// Log output format.
     pub log_format: LogFormat,
+    /// OTLP collector base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`, e.g. `http://127.0.0.1:4318`);
+    /// spans are exported only when it is set and the build has the `otel` feature.
+    pub otlp_endpoint: Option<Url>,
     /// argon2id cost of password and code hashes (`ARGON2_MEMORY_KIB`, `ARGON2_ITERATIONS`,
     /// `ARGON2_PARALLELISM`; default OWASP's 19456 KiB, 2, 1).
     pub hash_params: crate::secrets::HashParams,
@@ -132,6 +135,9 @@ impl Settings {
             "RETRY_DELAYS",
             get("RETRY_DELAYS").unwrap_or(DEFAULT_RETRY_DELAYS),
         )?;
+        let otlp_endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .map(|v| check_url("OTEL_EXPORTER_OTLP_ENDPOINT", v, &["http", "https"]))
+            .transpose()?;
         let log_format = match get("LOG_FORMAT").unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -158,6 +164,7 @@ impl Settings {
             )?,
             http_timeout: parse_duration_var("HTTP_TIMEOUT", get("HTTP_TIMEOUT"), "10s")?,
             log_format,
+            otlp_endpoint,
             hash_params: hash_params(&get)?,
         })
     }

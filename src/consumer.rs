@@ -19,11 +19,13 @@ use lapin::types::FieldTable;
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::amqp::{connect_once, headers_to_json};
 use crate::config::Settings;
 use crate::outbox::pause;
 use crate::retry::Policy;
+use crate::trace::{TRACEPARENT, TraceContext};
 
 /// How long in-flight deliveries may take to finish on shutdown before the connection closes
 /// (unfinished ones stay unacked and are redelivered).
@@ -206,7 +208,10 @@ async fn process<H: Handler>(handler: &H, queue: &str, delivery: Delivery) -> an
     let gauge =
         ::metrics::gauge!(crate::telemetry::metrics::IN_FLIGHT, "queue" => queue.to_owned());
     gauge.increment(1.0);
-    let handled = handler.handle(&message).await;
+    let context = trace_context(&message);
+    let span = tracing::info_span!("delivery", queue, trace_id = %context.trace_id_hex());
+    set_otel_parent(&span, &context);
+    let handled = crate::trace::scope(context, handler.handle(&message).instrument(span)).await;
     gauge.decrement(1.0);
     match handled? {
         Handled::Ack => {
@@ -215,5 +220,137 @@ async fn process<H: Handler>(handler: &H, queue: &str, delivery: Delivery) -> an
             Ok(())
         }
         Handled::Crash => Err(anyhow::anyhow!("simulated crash between commit and ack")),
+    }
+}
+
+/// The trace a delivery belongs to: its valid `traceparent` header; else the application's
+/// (an `application_id` in a JSON body, or a UUID `message_id`); else a new random trace.
+pub fn trace_context(message: &Message) -> TraceContext {
+    if let Some(context) = message
+        .headers
+        .get(TRACEPARENT)
+        .and_then(Value::as_str)
+        .and_then(TraceContext::parse)
+    {
+        return context;
+    }
+    /// Only the one field is read; the rest of the body is skipped.
+    #[derive(serde::Deserialize)]
+    struct ApplicationIsh {
+        application_id: Option<Value>,
+    }
+    let from_body = serde_json::from_slice::<ApplicationIsh>(&message.body)
+        .ok()
+        .and_then(|body| body.application_id)
+        .and_then(|id| id.as_str().and_then(|id| uuid::Uuid::parse_str(id).ok()));
+    let from_message_id = || {
+        message
+            .message_id
+            .as_deref()
+            .and_then(|id| uuid::Uuid::parse_str(id).ok())
+    };
+    match from_body.or_else(from_message_id) {
+        Some(application_id) => TraceContext::for_application(application_id),
+        None => TraceContext::random(),
+    }
+}
+
+/// With the `otel` feature, makes the delivery's span a child of the remote span in `context`
+/// (so the exported trace id is ours); without it, nothing.
+#[cfg(feature = "otel")]
+fn set_otel_parent(span: &tracing::Span, context: &TraceContext) {
+    crate::telemetry::otel::set_parent(span, context);
+}
+
+#[cfg(not(feature = "otel"))]
+fn set_otel_parent(_span: &tracing::Span, _context: &TraceContext) {}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn message(body: &[u8], message_id: Option<&str>, headers: Value) -> Message {
+        Message {
+            body: body.to_vec(),
+            routing_key: "application".into(),
+            message_id: message_id.map(str::to_owned),
+            content_type: None,
+            headers,
+            redelivered: false,
+            received_at: Utc::now(),
+        }
+    }
+
+    /// Why, body, message id, headers, and the trace id expected (`None`: a random one).
+    type Case<'a> = (&'a str, Vec<u8>, Option<&'a str>, Value, Option<&'a str>);
+
+    #[test]
+    fn a_delivery_continues_its_header_or_the_application_trace_or_starts_one() {
+        let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let app = "0b8e7f4e-8d6c-4a57-9a5e-2f5c1d2e3f40";
+        let app_trace = "0b8e7f4e8d6c4a579a5e2f5c1d2e3f40";
+        let other = "11111111-2222-4333-8444-555555555555";
+        let body = json!({"application_id": app, "kind": "issue"}).to_string();
+        let work_id = format!("{app}:register:1");
+        let cases: [Case; 7] = [
+            (
+                "valid header wins",
+                body.clone().into_bytes(),
+                Some(other),
+                json!({"traceparent": header}),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            ),
+            (
+                "invalid header: the body's application",
+                body.clone().into_bytes(),
+                None,
+                json!({"traceparent": header.to_uppercase()}),
+                Some(app_trace),
+            ),
+            (
+                "body before message id",
+                body.clone().into_bytes(),
+                Some(other),
+                json!({}),
+                Some(app_trace),
+            ),
+            (
+                "a work item's message id is not a uuid",
+                body.into_bytes(),
+                Some(work_id.as_str()),
+                json!({}),
+                Some(app_trace),
+            ),
+            (
+                "uuid message id",
+                b"not json".to_vec(),
+                Some(app),
+                json!({}),
+                Some(app_trace),
+            ),
+            (
+                "application_id not a uuid: message id",
+                json!({"application_id": 12}).to_string().into_bytes(),
+                Some(app),
+                json!({}),
+                Some(app_trace),
+            ),
+            (
+                "nothing to go by",
+                b"[1,2]".to_vec(),
+                Some("x"),
+                json!({}),
+                None,
+            ),
+        ];
+        for (why, body, message_id, headers, expected) in cases {
+            let got = trace_context(&message(&body, message_id, headers)).trace_id_hex();
+            match expected {
+                Some(expected) => assert_eq!(got, expected, "{why}"),
+                None => assert!(got != app_trace && got.len() == 32, "{why}: {got}"),
+            }
+        }
     }
 }

@@ -23,4 +23,5 @@ pub mod sms;
 pub mod system;
 pub mod telemetry;
 pub mod topology;
+pub mod trace;
 pub mod validation;

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio_util::sync::CancellationToken;
@@ -18,6 +19,7 @@ use crate::amqp::{Outgoing, PublishResult, Publisher, connect_once};
 use crate::config::Settings;
 use crate::retry::Policy;
 use crate::telemetry::metrics as names;
+use crate::trace::TRACEPARENT;
 
 /// The `LISTEN` channel the relay wakes up on.
 pub const CHANNEL: &str = "uidflow_outbox";
@@ -26,8 +28,11 @@ pub const BATCH: i64 = 200;
 /// The relay looks for due rows at least this often, even without a notification.
 pub const POLL: Duration = Duration::from_millis(500);
 
-/// Adds a message to the outbox within the caller's transaction.
+/// Adds a message to the outbox within the caller's transaction. Inside a delivery's trace
+/// (`trace::current`), a message without a `traceparent` header gets one (a child of it), so
+/// whoever consumes the message continues the same trace.
 pub async fn enqueue(conn: &mut PgConnection, message: &Outgoing) -> sqlx::Result<()> {
+    let headers = with_traceparent(&message.headers, crate::trace::outgoing());
     sqlx::query(
         "INSERT INTO outbox (exchange, routing_key, message_id, content_type, headers, body, mandatory, expiration_ms)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -36,7 +41,7 @@ pub async fn enqueue(conn: &mut PgConnection, message: &Outgoing) -> sqlx::Resul
     .bind(&message.routing_key)
     .bind(&message.message_id)
     .bind(&message.content_type)
-    .bind(&message.headers)
+    .bind(&headers)
     .bind(&message.body)
     .bind(message.mandatory)
     .bind(message.expiration_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX)))
@@ -48,6 +53,23 @@ pub async fn enqueue(conn: &mut PgConnection, message: &Outgoing) -> sqlx::Resul
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// `headers` with `traceparent` added when one is given and none is there yet.
+fn with_traceparent(headers: &Value, traceparent: Option<String>) -> Value {
+    let Some(traceparent) = traceparent else {
+        return headers.clone();
+    };
+    match headers {
+        Value::Object(object) if object.contains_key(TRACEPARENT) => headers.clone(),
+        Value::Object(object) => {
+            let mut object = object.clone();
+            object.insert(TRACEPARENT.into(), Value::String(traceparent));
+            Value::Object(object)
+        }
+        Value::Null => serde_json::json!({ TRACEPARENT: traceparent }),
+        _ => headers.clone(),
+    }
 }
 
 /// Why a relay round stopped.
@@ -213,5 +235,43 @@ pub(crate) async fn pause(token: &CancellationToken, delay: Option<Duration>) ->
     tokio::select! {
         _ = token.cancelled() => false,
         _ = tokio::time::sleep(delay) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_traceparent_is_added_only_when_there_is_one_and_none_is_there() {
+        let ours = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned());
+        let theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let cases = [
+            (json!({}), None, json!({})),
+            (
+                json!({"x-uid-step": "register"}),
+                ours.clone(),
+                json!({"x-uid-step": "register", "traceparent": ours.clone().unwrap()}),
+            ),
+            (
+                json!({"traceparent": theirs}),
+                ours.clone(),
+                json!({"traceparent": theirs}),
+            ),
+            (
+                Value::Null,
+                ours.clone(),
+                json!({"traceparent": ours.clone().unwrap()}),
+            ),
+        ];
+        for (headers, traceparent, expected) in cases {
+            assert_eq!(
+                with_traceparent(&headers, traceparent),
+                expected,
+                "{headers}"
+            );
+        }
     }
 }

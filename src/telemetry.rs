@@ -4,15 +4,27 @@
 //! JSON object per line with `LOG_FORMAT=json`. The filter comes from `RUST_LOG` (default
 //! `info`). Personal data never reaches a log line: callers log ids and masked values only
 //! (see `domain::mask_identification_number`, `domain::mask_phone`).
+//!
+//! Built with the `otel` feature and given an OTLP endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`),
+//! spans are also exported over OTLP/HTTP (service `uidflow`); see `crate::trace` for how a
+//! delivery's span joins the trace its `traceparent` names.
 
 use tracing_subscriber::EnvFilter;
+use url::Url;
 
 use crate::config::LogFormat;
 
 /// Installs the global subscriber. Safe to call more than once: later calls do nothing.
-pub fn init(format: LogFormat) {
+/// `otlp_endpoint` (`Settings::otlp_endpoint`) turns on the OTLP export in a build with the
+/// `otel` feature; without the feature it is only warned about.
+pub fn init(format: LogFormat, otlp_endpoint: Option<&Url>) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,sqlx=warn"));
+    #[cfg(feature = "otel")]
+    if let Some(endpoint) = otlp_endpoint {
+        otel::init(format, filter, endpoint);
+        return;
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -20,6 +32,136 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    #[cfg(not(feature = "otel"))]
+    if otlp_endpoint.is_some() {
+        tracing::warn!(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set but this build has no OpenTelemetry export; build with --features uidflow/otel"
+        );
+    }
+}
+
+/// Sends the spans still buffered for export (call before the process exits). Does nothing
+/// unless the OTLP export is on.
+pub fn flush() {
+    #[cfg(feature = "otel")]
+    otel::shutdown();
+}
+
+/// The OTLP export (feature `otel`).
+#[cfg(feature = "otel")]
+pub(crate) mod otel {
+    use std::sync::OnceLock;
+
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+    };
+    use opentelemetry_otlp::WithExportConfig;
+    use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use url::Url;
+
+    use crate::config::LogFormat;
+    use crate::trace::TraceContext;
+
+    static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+    /// `<endpoint>/v1/traces`, as the OTLP specification builds it from
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    fn traces_url(endpoint: &Url) -> String {
+        format!("{}/v1/traces", endpoint.as_str().trim_end_matches('/'))
+    }
+
+    /// The log output of `super::init` plus an OTLP export layer.
+    pub(super) fn init(format: LogFormat, filter: EnvFilter, endpoint: &Url) {
+        // reqwest is built without a default crypto provider (see `crate::http::client`).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let exporter = match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(traces_url(endpoint))
+            .build()
+        {
+            Ok(exporter) => Some(exporter),
+            Err(error) => {
+                eprintln!("warning: OpenTelemetry export is off: {error}");
+                None
+            }
+        };
+        let provider = exporter.map(|exporter| {
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(Resource::builder().with_service_name("uidflow").build())
+                .build()
+        });
+        let layer = provider
+            .as_ref()
+            .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("uidflow")));
+        let text = (format == LogFormat::Text)
+            .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+        let json = (format == LogFormat::Json).then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .json()
+                .flatten_event(true)
+        });
+        let installed = tracing_subscriber::registry()
+            .with(filter)
+            .with(text)
+            .with(json)
+            .with(layer)
+            .try_init()
+            .is_ok();
+        if installed && let Some(provider) = provider {
+            let _ = PROVIDER.set(provider);
+        }
+    }
+
+    /// Makes `span` a child of the remote span `context` names, so the exported span carries
+    /// our trace id (its own span id is the OTel layer's).
+    pub(crate) fn set_parent(span: &tracing::Span, context: &TraceContext) {
+        let flags = if context.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let remote = SpanContext::new(
+            TraceId::from_bytes(context.trace_id),
+            SpanId::from_bytes(context.span_id),
+            flags,
+            true,
+            TraceState::default(),
+        );
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+
+    /// Flushes and stops the exporter.
+    pub(super) fn shutdown() {
+        if let Some(provider) = PROVIDER.get() {
+            let _ = provider.shutdown();
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_traces_url_follows_the_otlp_rule() {
+            for (base, expected) in [
+                ("http://127.0.0.1:4318", "http://127.0.0.1:4318/v1/traces"),
+                ("http://collector:4318/", "http://collector:4318/v1/traces"),
+                (
+                    "https://otel.example/base",
+                    "https://otel.example/base/v1/traces",
+                ),
+            ] {
+                assert_eq!(traces_url(&Url::parse(base).unwrap()), expected);
+            }
+        }
+    }
 }
 
 /// The process's Prometheus recorder (installed once; later calls return the same handle).

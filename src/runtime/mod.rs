@@ -230,8 +230,18 @@ impl<S: Step> StepRunner<S> {
             }
         };
         let id = item.application_id;
-        let span = tracing::info_span!("step", step = S::NAME, application.id = %id, attempt = item.attempt);
-        let _entered = span.enter();
+        let trace_id = crate::trace::current()
+            .unwrap_or_else(|| crate::trace::TraceContext::for_application(id))
+            .trace_id_hex();
+        let span = tracing::info_span!("step", step = S::NAME, application.id = %id, attempt = item.attempt, trace_id = %trace_id);
+        // The span covers the attempt's awaits as well (an entered guard would not).
+        tracing::Instrument::instrument(self.attempt(message, item), span).await
+    }
+
+    /// One attempt of the step for a decoded work item.
+    async fn attempt(&self, message: &Message, item: WorkItem) -> anyhow::Result<&'static str> {
+        let pool = &self.cx.pool;
+        let id = item.application_id;
         if let Some(not_before) = item.not_before {
             let left = (not_before - Utc::now()).to_std().unwrap_or_default();
             if left > Duration::from_millis(50) {

@@ -132,6 +132,12 @@ impl Simulators {
         self.mvd.requests()
     }
 
+    /// A test aid: the last `traceparent` header the MVD simulator saw per `Idempotency-Key`
+    /// (that is, per application), in no particular order.
+    pub fn mvd_traceparents(&self) -> Vec<String> {
+        self.mvd.traceparents()
+    }
+
     /// How many SMS send requests arrived, faulted ones included (read-back not counted).
     pub fn sms_requests(&self) -> u64 {
         self.sms.requests()

@@ -233,6 +233,9 @@ struct MvdState {
     gate: FaultGate,
     /// Answers given, by `Idempotency-Key`.
     answers: Mutex<HashMap<String, MvdAnswer>>,
+    /// The last `traceparent` header seen, by `Idempotency-Key` (a test aid, see
+    /// [`MvdSim::traceparents`]).
+    traceparents: Mutex<HashMap<String, String>>,
 }
 
 impl MvdSim {
@@ -242,6 +245,7 @@ impl MvdSim {
             inner: Arc::new(MvdState {
                 gate: FaultGate::new("mvd", faults),
                 answers: Mutex::new(HashMap::new()),
+                traceparents: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -261,6 +265,18 @@ impl MvdSim {
     /// How many verification requests arrived, faulted ones included.
     pub fn requests(&self) -> u64 {
         self.inner.gate.requests()
+    }
+
+    /// A test aid: the last `traceparent` header each `Idempotency-Key` came with (well-formed
+    /// requests that were not faulted; the value as sent, unchecked).
+    pub fn traceparents(&self) -> Vec<String> {
+        self.inner
+            .traceparents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
 }
 
@@ -339,6 +355,13 @@ async fn verify(State(sim): State<MvdSim>, headers: HeaderMap, body: Bytes) -> R
     };
     if let Err(sentence) = check(&request) {
         return bad_request(sentence);
+    }
+    if let Some(Ok(traceparent)) = headers.get("traceparent").map(|v| v.to_str()) {
+        sim.inner
+            .traceparents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone(), traceparent.to_owned());
     }
     let (answer, replayed) = {
         let mut answers = sim

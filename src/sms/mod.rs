@@ -87,14 +87,12 @@ impl SmsClient {
         phone: &str,
         text: &str,
     ) -> Result<SmsAccepted, StepError> {
-        let response = self
-            .client
-            .post(&self.url)
-            .json(&Message {
-                message_id,
-                phone,
-                text,
-            })
+        let request = self.client.post(&self.url).json(&Message {
+            message_id,
+            phone,
+            text,
+        });
+        let response = crate::trace::propagate(request)
             .send()
             .await
             .map_err(|error| transport_error(SERVICE, error))?;

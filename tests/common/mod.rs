@@ -159,7 +159,7 @@ impl TestApp {
     /// [`TestApp::prepare`] with extra configuration variables.
     pub async fn prepare_with(extra: &[(&str, String)]) -> Self {
         if std::env::var_os("TEST_LOG").is_some() {
-            uidflow::telemetry::init(uidflow::config::LogFormat::Text);
+            uidflow::telemetry::init(uidflow::config::LogFormat::Text, None);
         }
         let suffix = Uuid::new_v4().simple().to_string();
         let vhost = format!("uidflow-test-{suffix}");
@@ -213,9 +213,24 @@ impl TestApp {
 
     /// Publishes raw bytes to `uid.intake` as an intake system would, and waits for the confirm.
     pub async fn publish(&self, routing_key: &str, body: &[u8], message_id: Option<&str>) {
+        self.publish_with_headers(routing_key, body, message_id, &Value::Null)
+            .await;
+    }
+
+    /// [`TestApp::publish`] with AMQP headers given as a JSON object (e.g. `traceparent`).
+    pub async fn publish_with_headers(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        message_id: Option<&str>,
+        headers: &Value,
+    ) {
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
+        if headers.is_object() {
+            properties = properties.with_headers(uidflow::amqp::json_to_headers(headers));
+        }
         if let Some(id) = message_id {
             properties = properties.with_message_id(id.into());
         }

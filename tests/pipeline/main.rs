@@ -8,3 +8,4 @@ mod kinds;
 mod phone;
 mod rejections;
 mod retries;
+mod tracing;

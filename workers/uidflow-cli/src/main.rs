@@ -136,7 +136,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    uidflow::telemetry::init(settings.log_format);
+    uidflow::telemetry::init(settings.log_format, settings.otlp_endpoint.as_ref());
     let result = match cli.command {
         Command::Run {
             only,
@@ -250,6 +250,7 @@ async fn main() -> ExitCode {
             return usage("`uidflow bench` is not built yet: it comes with the performance work");
         }
     };
+    uidflow::telemetry::flush();
     match result {
         Ok(code) => code,
         Err(error) => {

@@ -129,11 +129,12 @@ impl MvdClient {
         application_id: Uuid,
         request: &PersonVerification,
     ) -> Result<MvdAnswer, StepError> {
-        let response = self
+        let call = self
             .client
             .post(&self.url)
             .header("Idempotency-Key", application_id.to_string())
-            .json(request)
+            .json(request);
+        let response = uidflow::trace::propagate(call)
             .send()
             .await
             .map_err(|error| transport_error(SERVICE, error))?;
