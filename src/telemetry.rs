@@ -18,8 +18,13 @@ use crate::config::LogFormat;
 /// `otlp_endpoint` (`Settings::otlp_endpoint`) turns on the OTLP export in a build with the
 /// `otel` feature; without the feature it is only warned about.
 pub fn init(format: LogFormat, otlp_endpoint: Option<&Url>) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,sqlx=warn"));
+    init_with_default(format, otlp_endpoint, "info,lapin=warn,sqlx=warn");
+}
+
+/// [`init`] with another filter when `RUST_LOG` is unset (`uidflow bench` keeps to warnings).
+pub fn init_with_default(format: LogFormat, otlp_endpoint: Option<&Url>, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     #[cfg(feature = "otel")]
     if let Some(endpoint) = otlp_endpoint {
         otel::init(format, filter, endpoint);

@@ -2,6 +2,7 @@
 //! library. Every failure ends in one line on stderr and a non-zero exit code: 2 for a problem
 //! with how it was started (arguments, configuration, a command not built yet), 1 otherwise.
 
+mod bench;
 mod follow;
 mod remote;
 mod status;
@@ -117,8 +118,8 @@ enum Command {
         #[arg(long, value_parser = parse_wait, default_value = "15s")]
         hang: Duration,
     },
-    /// The end-to-end benchmark (comes with the performance work).
-    Bench,
+    /// The end-to-end benchmark: the whole pipeline on its own vhost and database.
+    Bench(bench::BenchArgs),
 }
 
 fn parse_wait(text: &str) -> Result<Duration, String> {
@@ -136,7 +137,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    uidflow::telemetry::init(settings.log_format, settings.otlp_endpoint.as_ref());
+    let quiet = matches!(cli.command, Command::Bench(_));
+    let default_filter = if quiet {
+        "warn"
+    } else {
+        "info,lapin=warn,sqlx=warn"
+    };
+    uidflow::telemetry::init_with_default(
+        settings.log_format,
+        settings.otlp_endpoint.as_ref(),
+        default_filter,
+    );
     let result = match cli.command {
         Command::Run {
             only,
@@ -246,9 +257,7 @@ async fn main() -> ExitCode {
             }
             sim(addr, faults).await
         }
-        Command::Bench => {
-            return usage("`uidflow bench` is not built yet: it comes with the performance work");
-        }
+        Command::Bench(args) => bench::run(&settings, &args).await,
     };
     uidflow::telemetry::flush();
     match result {

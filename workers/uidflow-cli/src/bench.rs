@@ -1,0 +1,568 @@
+//! `uidflow bench`: the whole pipeline, end to end, on N applications, with real RabbitMQ and
+//! PostgreSQL (a fresh vhost and database of their own), the simulators in-process at a chosen
+//! latency, and phone codes typed back from the SMS simulator.
+//!
+//! Backlog mode: publish N first, then start every part and drain. Prints applications/s,
+//! per-step and end-to-end latency percentiles (from the history's timestamps), peak RSS, CPU
+//! time, and database transactions and broker messages per application. `--floor` measures, in
+//! the same run, the same shape of work with no uidflow logic (see [`floor`]).
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uidflow::amqp::{Outgoing, Publisher};
+use uidflow::config::Settings;
+use uidflow::sim::{Faults, SimConfig};
+use uidflow::system::{self, RunOptions};
+use uidflow::topology::{APPLICATION_ROUTING_KEY, INTAKE_EXCHANGE, PHONE_CONFIRMATION_ROUTING_KEY};
+use uuid::Uuid;
+
+/// What to run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Applications.
+    #[arg(long, short = 'n', default_value_t = 10_000)]
+    pub applications: u32,
+    /// The kind of every application: issue (3 argon2id hashes each) or block (none).
+    #[arg(long, default_value = "issue", value_parser = ["issue", "block"])]
+    pub mix: String,
+    /// Simulator latency per call, e.g. `50ms`.
+    #[arg(long, default_value = "0ms", value_parser = crate::parse_wait)]
+    pub latency: Duration,
+    /// Deliveries in flight per consumer.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: u16,
+    /// Also measure the machine's floor for the same shape of work, and the ratio.
+    #[arg(long)]
+    pub floor: bool,
+    /// Print JSON instead of a report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the benchmark.
+pub async fn run(base: &Settings, args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let scratch = Scratch::create(base).await?;
+    let result = measure(&scratch, args).await;
+    scratch.drop_all().await;
+    let mut report = result?;
+    if args.floor {
+        let scratch = Scratch::create(base).await?;
+        let floor = floor(&scratch, args).await;
+        scratch.drop_all().await;
+        let floor = floor?;
+        let ratio = report["applications_per_second"].as_f64().unwrap_or(0.0)
+            / floor["applications_per_second"]
+                .as_f64()
+                .unwrap_or(f64::MAX);
+        report["floor"] = floor;
+        report["ratio_to_floor"] = json!(ratio);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A vhost and a database made for one measurement, removed afterwards.
+struct Scratch {
+    settings: Settings,
+    vhost: String,
+    database: String,
+}
+
+impl Scratch {
+    async fn create(base: &Settings) -> anyhow::Result<Self> {
+        use secrecy::ExposeSecret;
+        let suffix = Uuid::new_v4().simple().to_string();
+        let vhost = format!("uidflow-bench-{suffix}");
+        let database = format!("uidflow_bench_{suffix}");
+        let mut amqp = url::Url::parse(base.amqp_url.expose_secret())?;
+        let user = match amqp.username() {
+            "" => "guest".to_owned(),
+            user => user.to_owned(),
+        };
+        rabbitmqctl(&["add_vhost", &vhost])?;
+        rabbitmqctl(&["set_permissions", "-p", &vhost, &user, ".*", ".*", ".*"])?;
+        amqp.set_path(&format!("/{vhost}"));
+        let mut db = url::Url::parse(base.database_url.expose_secret())?;
+        db.set_path(&format!("/{database}"));
+        let vars: HashMap<String, String> = std::env::vars()
+            .chain([
+                ("AMQP_URL".to_owned(), amqp.to_string()),
+                ("DATABASE_URL".to_owned(), db.to_string()),
+                ("API_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+            ])
+            .collect();
+        let settings = Settings::from_map(&vars).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Self {
+            settings,
+            vhost,
+            database,
+        })
+    }
+
+    async fn drop_all(&self) {
+        let _ = rabbitmqctl(&["delete_vhost", &self.vhost]);
+        if let Ok(admin) = uidflow::db::connect(&self.settings, 1).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+                self.database
+            )))
+            .execute(&admin)
+            .await;
+            admin.close().await;
+        }
+        let mut maintenance = self.settings.clone();
+        let url = {
+            use secrecy::ExposeSecret;
+            let mut url = url::Url::parse(self.settings.database_url.expose_secret())
+                .expect("checked at start");
+            url.set_path("/postgres");
+            url.to_string()
+        };
+        maintenance.database_url = url.into();
+        if let Ok(admin) = uidflow::db::connect(&maintenance, 1).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.database
+            )))
+            .execute(&admin)
+            .await;
+            admin.close().await;
+        }
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .context("uidflow bench makes its own vhost with rabbitmqctl, which must be on the PATH (run it on the broker's machine)")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "rabbitmqctl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
+/// A made-up valid applicant, distinct for each `n`.
+fn application(n: u32, kind: &str) -> (Uuid, String, Vec<u8>) {
+    let born = chrono::NaiveDate::from_ymd_opt(1950, 1, 1).expect("a date")
+        + chrono::Duration::days(i64::from(n % 18_000));
+    let century = if chrono::Datelike::year(&born) < 2000 {
+        3
+    } else {
+        5
+    };
+    let first13 = format!("{century}{}B{:03}PB", born.format("%d%m%y"), n % 1000);
+    let digit = uidflow::domain::check_digit(&first13).expect("valid characters");
+    let id = Uuid::new_v4();
+    let phone = format!("+37533{:07}", n % 10_000_000);
+    let mut body = json!({
+        "application_id": id, "kind": kind, "submitted_at": "2026-11-23T10:00:00+03:00",
+        "issuing_service": {"code": "bench-oa"},
+        "applicant": {"surname": "Bench", "given_name": "Test", "patronymic": null,
+            "date_of_birth": born.format("%Y-%m-%d").to_string(), "identification_number": format!("{first13}{digit}")},
+        "document": {"type": "passport", "number": "MP0000001"},
+        "consent_to_verification": true
+    });
+    if kind == "issue" {
+        body["phone"] = json!(phone);
+        body["phone_use_attested"] = json!(true);
+    }
+    (
+        id,
+        phone,
+        serde_json::to_vec(&body).expect("JSON serialises"),
+    )
+}
+
+fn publish_message(routing_key: &str, id: Uuid, body: Vec<u8>) -> Outgoing {
+    Outgoing {
+        exchange: INTAKE_EXCHANGE.into(),
+        routing_key: routing_key.into(),
+        message_id: Some(id.to_string()),
+        content_type: Some("application/json".into()),
+        headers: json!({}),
+        body,
+        mandatory: true,
+        expiration_ms: None,
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
+    let token = tokio_util::sync::CancellationToken::new();
+    let faults = Faults {
+        latency: args.latency,
+        ..Faults::default()
+    };
+    let (sim, addr) = uidflow::sim::spawn_local(
+        SimConfig {
+            mvd: faults.clone(),
+            sms: faults,
+        },
+        token.clone(),
+    )
+    .await?;
+    let mut settings = scratch.settings.clone();
+    settings.mvd_url = Some(uidflow::sim::Simulators::mvd_url(addr).parse()?);
+    settings.sms_url = Some(uidflow::sim::Simulators::sms_url(addr).parse()?);
+    let connections = u32::from(args.concurrency).saturating_mul(3).clamp(8, 90);
+    let pool = system::prepare(&settings, connections).await?;
+
+    let connection = uidflow::amqp::connect(&settings, "bench").await?;
+    let publisher = Publisher::open(&connection).await?;
+    let mut phones: HashMap<String, Uuid> = HashMap::new();
+    let publishing = bar(u64::from(args.applications), "publish");
+    let n = args.applications;
+    for start in (0..n).step_by(500) {
+        let batch: Vec<Outgoing> = (start..(start + 500).min(n))
+            .map(|i| {
+                let (id, phone, body) = application(i, &args.mix);
+                phones.insert(phone, id);
+                publish_message(APPLICATION_ROUTING_KEY, id, body)
+            })
+            .collect();
+        publisher.publish_all(&batch).await?;
+        publishing.inc(batch.len() as u64);
+    }
+    publishing.finish();
+
+    let before = db_commits(&pool).await?;
+    let (cpu_before, started) = (cpu_seconds(), Instant::now());
+    let options = RunOptions {
+        concurrency: args.concurrency,
+        parts: RunOptions::default().parts,
+        ..RunOptions::default()
+    };
+    let running = uidflow_cli::start(&settings, &pool, &options, SimConfig::default()).await?;
+    let draining = bar(u64::from(n), "drain");
+    let mut seen_sms = 0;
+    loop {
+        // The clerk: type back every new code as soon as the SMS simulator has it.
+        let messages = sim.sms().messages(None);
+        let mut confirmations = Vec::new();
+        for message in &messages[seen_sms..] {
+            if let (Some(code), Some(id)) = (
+                uidflow::sms::texts::code_in(&message.text),
+                phones.get(&message.phone),
+            ) {
+                let body = serde_json::to_vec(&json!({"application_id": id, "code": code}))?;
+                confirmations.push(publish_message(PHONE_CONFIRMATION_ROUTING_KEY, *id, body));
+            }
+        }
+        seen_sms = messages.len();
+        if !confirmations.is_empty() {
+            publisher.publish_all(&confirmations).await?;
+        }
+        let ended: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM applications WHERE status IN ('completed', 'rejected', 'failed')",
+        )
+        .fetch_one(&pool)
+        .await?;
+        draining.set_position(ended as u64);
+        if ended >= i64::from(n) {
+            break;
+        }
+        // The clerk's and the progress bar's pace.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu_seconds() - cpu_before;
+    draining.finish();
+    running.system.shutdown().await;
+    token.cancel();
+    let _ = connection.close(200, "bench done".into()).await;
+
+    let commits = db_commits(&pool).await? - before;
+    let published: u64 = uidflow::topology::Topology::for_settings(&settings)
+        .queues
+        .iter()
+        .map(|q| uidflow::telemetry::queue_totals(&q.name).published)
+        .sum();
+    let outcomes: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM applications GROUP BY status ORDER BY status")
+            .fetch_all(&pool)
+            .await?;
+    let report = json!({
+        "applications": n,
+        "mix": args.mix,
+        "simulator_latency_ms": args.latency.as_millis() as u64,
+        "concurrency": args.concurrency,
+        "argon2": {"memory_kib": settings.hash_params.memory_kib, "iterations": settings.hash_params.iterations, "parallelism": settings.hash_params.parallelism},
+        "seconds": elapsed.as_secs_f64(),
+        "applications_per_second": f64::from(n) / elapsed.as_secs_f64(),
+        "outcomes": outcomes.into_iter().collect::<HashMap<_, _>>(),
+        "latency_ms": latencies(&pool).await?,
+        "peak_rss_mib": peak_rss_mib(),
+        "cpu_seconds": cpu,
+        "db_transactions_per_application": commits as f64 / f64::from(n),
+        "broker_publishes_per_application": published as f64 / f64::from(n),
+    });
+    pool.close().await;
+    Ok(report)
+}
+
+/// Percentiles of the end-to-end latency and of each status's time, from the history.
+async fn latencies(pool: &PgPool) -> anyhow::Result<Value> {
+    let rows: Vec<(String, f64, f64, f64, f64)> = sqlx::query_as(
+        "WITH h AS (
+             SELECT application_id, status, at,
+                    lead(at) OVER (PARTITION BY application_id ORDER BY id) AS next_at
+             FROM application_history),
+         spans AS (
+             SELECT status AS what, extract(epoch FROM next_at - at) * 1000 AS ms FROM h WHERE next_at IS NOT NULL
+             UNION ALL
+             SELECT 'end_to_end', extract(epoch FROM max(at) - min(at)) * 1000 FROM h GROUP BY application_id)
+         SELECT what,
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY ms),
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY ms),
+                max(ms)::float8
+         FROM spans GROUP BY what ORDER BY what",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(what, p50, p95, p99, max)| {
+            (
+                what,
+                json!({"p50": p50, "p95": p95, "p99": p99, "max": max}),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into())
+}
+
+async fn db_commits(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// User + system CPU of this process, in seconds (clock ticks of 100 Hz, Linux's USER_HZ).
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let after = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .collect::<Vec<_>>();
+            let ticks = after.get(11)?.parse::<f64>().ok()? + after.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// The floor: the same number of hops per application, each a confirmed persistent publish, a
+/// consume with manual ack and one PostgreSQL transaction that writes a row and its history,
+/// plus the argon2id hashes an application needs (3 for `issue`: the code, its check, the
+/// password), with the same concurrency — and no uidflow logic.
+async fn floor(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
+    use futures_lite::StreamExt;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
+    };
+    let settings = &scratch.settings;
+    let hops: u32 = if args.mix == "issue" { 6 } else { 4 };
+    let hashes: u32 = if args.mix == "issue" { 3 } else { 0 };
+    let pool = uidflow::db::connect(settings, 64).await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS floor_rows (id uuid PRIMARY KEY, hop int, payload jsonb)",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS floor_history (id bigserial PRIMARY KEY, row_id uuid, hop int, at timestamptz DEFAULT now())")
+        .execute(&pool)
+        .await?;
+    let connection = uidflow::amqp::connect(settings, "bench-floor").await?;
+    let setup = connection.create_channel().await?;
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    setup
+        .queue_declare(
+            "bench.floor".into(),
+            QueueDeclareOptions::durable(),
+            arguments,
+        )
+        .await?;
+    let publisher = Publisher::open(&connection).await?;
+    let n = args.applications;
+    let total = u64::from(n) * u64::from(hops);
+    let message = |id: Uuid, hop: u32| Outgoing {
+        exchange: String::new(),
+        routing_key: "bench.floor".into(),
+        message_id: Some(id.to_string()),
+        content_type: Some("application/json".into()),
+        headers: json!({}),
+        body: serde_json::to_vec(&json!({"id": id, "hop": hop})).expect("JSON serialises"),
+        mandatory: true,
+        expiration_ms: None,
+    };
+    let started = Instant::now();
+    for start in (0..n).step_by(500) {
+        let batch: Vec<Outgoing> = (start..(start + 500).min(n))
+            .map(|_| message(Uuid::new_v4(), 1))
+            .collect();
+        publisher.publish_all(&batch).await?;
+    }
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(args.concurrency, BasicQosOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            "bench.floor".into(),
+            "floor".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await?;
+    let progress = bar(total, "floor");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let params = settings.hash_params;
+    while done.load(std::sync::atomic::Ordering::Relaxed) < total {
+        tokio::select! {
+            Some(delivery) = consumer.next() => {
+                let delivery = delivery?;
+                let (pool, publisher, done) = (pool.clone(), publisher.clone(), done.clone());
+                tasks.spawn(async move {
+                    let body: Value = serde_json::from_slice(&delivery.data)?;
+                    let id: Uuid = serde_json::from_value(body["id"].clone())?;
+                    let hop = body["hop"].as_u64().unwrap_or(1) as u32;
+                    let mut tx = pool.begin().await?;
+                    sqlx::query("INSERT INTO floor_rows (id, hop, payload) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET hop = EXCLUDED.hop")
+                        .bind(id).bind(hop as i32).bind(&body).execute(&mut *tx).await?;
+                    sqlx::query("INSERT INTO floor_history (row_id, hop) VALUES ($1, $2)").bind(id).bind(hop as i32).execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    if hop == 1 {
+                        for _ in 0..hashes {
+                            let secret = uidflow::secrets::generate_password();
+                            uidflow::secrets::hash_off_thread(secret, params).await;
+                        }
+                    }
+                    if hop < hops {
+                        publisher.publish_all(&[message(id, hop + 1)]).await?;
+                    }
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    anyhow::Ok(())
+                });
+            }
+            Some(finished) = tasks.join_next() => { finished??; }
+        }
+        progress.set_position(done.load(std::sync::atomic::Ordering::Relaxed));
+    }
+    progress.finish();
+    let elapsed = started.elapsed();
+    let _ = connection.close(200, "floor done".into()).await;
+    pool.close().await;
+    Ok(json!({
+        "hops_per_application": hops,
+        "argon2_hashes_per_application": hashes,
+        "seconds": elapsed.as_secs_f64(),
+        "applications_per_second": f64::from(n) / elapsed.as_secs_f64(),
+    }))
+}
+
+fn print_report(report: &Value) {
+    println!(
+        "uidflow bench: {} {} applications, simulator latency {} ms, concurrency {}",
+        report["applications"],
+        report["mix"].as_str().unwrap_or("?"),
+        report["simulator_latency_ms"],
+        report["concurrency"]
+    );
+    println!(
+        "  throughput      {:.1} applications/s end to end ({:.2} s)",
+        report["applications_per_second"].as_f64().unwrap_or(0.0),
+        report["seconds"].as_f64().unwrap_or(0.0)
+    );
+    println!("  outcomes        {}", report["outcomes"]);
+    println!(
+        "  latency (ms)    {:<28} {:>9} {:>9} {:>9} {:>9}",
+        "", "p50", "p95", "p99", "max"
+    );
+    for (what, l) in report["latency_ms"].as_object().into_iter().flatten() {
+        let f = |k: &str| l[k].as_f64().unwrap_or(0.0);
+        println!(
+            "                  {what:<28} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            f("p50"),
+            f("p95"),
+            f("p99"),
+            f("max")
+        );
+    }
+    println!(
+        "  peak RSS        {:.1} MiB   CPU {:.1} s",
+        report["peak_rss_mib"].as_f64().unwrap_or(0.0),
+        report["cpu_seconds"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  per application {:.1} database transactions, {:.1} broker publishes by uidflow",
+        report["db_transactions_per_application"]
+            .as_f64()
+            .unwrap_or(0.0),
+        report["broker_publishes_per_application"]
+            .as_f64()
+            .unwrap_or(0.0)
+    );
+    if report["floor"].is_object() {
+        println!(
+            "  floor           {:.1} applications/s ({} hops of publish+consume+transaction, {} argon2id hashes each): uidflow at {:.0} % of it",
+            report["floor"]["applications_per_second"]
+                .as_f64()
+                .unwrap_or(0.0),
+            report["floor"]["hops_per_application"],
+            report["floor"]["argon2_hashes_per_application"],
+            report["ratio_to_floor"].as_f64().unwrap_or(0.0) * 100.0
+        );
+    }
+}
