@@ -57,7 +57,7 @@ pub async fn insert_received(
     .bind(application.kind.map(Kind::as_str))
     .bind(application.issuing_service)
     .bind(application.content_sha256)
-    .bind(application.payload)
+    .bind(crate::db::pg_safe_json(application.payload))
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -114,7 +114,8 @@ pub async fn transition(
     let previous =
         Status::parse(row.get("status")).expect("the status column holds contract statuses");
     let kind: Option<String> = row.get("kind");
-    let reason_json = reason.map(|r| serde_json::to_value(r).expect("a reason serialises"));
+    let reason_json = reason
+        .map(|r| crate::db::pg_safe_json(&serde_json::to_value(r).expect("a reason serialises")));
     sqlx::query(
         "UPDATE applications SET status = $2, reason = $3, updated_at = clock_timestamp()
          WHERE application_id = $1",
@@ -161,7 +162,7 @@ async fn append_history(
         .bind(application_id)
         .bind(status.as_str())
         .bind(step)
-        .bind(detail)
+        .bind(detail.map(crate::db::pg_safe_text))
         .execute(&mut *conn)
         .await?;
     Ok(())

@@ -80,3 +80,43 @@ pub async fn migrate(settings: &Settings, pool: &PgPool) -> Result<(), DbError> 
 pub async fn is_reachable(pool: &PgPool) -> bool {
     sqlx::query("SELECT 1").execute(pool).await.is_ok()
 }
+
+/// PostgreSQL text and jsonb cannot hold a NUL character. Text that came from outside (a
+/// message's body, headers or id) goes through this before it is stored: each NUL becomes
+/// U+FFFD. The raw bytes are kept elsewhere (`bytea`) where they matter.
+pub fn pg_safe_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+/// [`pg_safe_text`] for every string and key of a JSON value.
+pub fn pg_safe_json(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => Value::String(pg_safe_text(text).into_owned()),
+        Value::Array(items) => Value::Array(items.iter().map(pg_safe_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (pg_safe_text(k).into_owned(), pg_safe_json(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_characters_are_replaced_everywhere_in_json() {
+        let value = serde_json::json!({"a\u{0}": ["x\u{0}y", {"b": "\u{0}"}], "n": 1});
+        let safe = pg_safe_json(&value);
+        assert!(!safe.to_string().contains("\\u0000"), "{safe}");
+        assert_eq!(safe["a\u{FFFD}"][0], "x\u{FFFD}y");
+        assert_eq!(pg_safe_text("plain"), "plain");
+    }
+}

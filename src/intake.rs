@@ -205,15 +205,21 @@ pub fn content_hash(object: &Value) -> Vec<u8> {
 impl Handler for Intake {
     async fn handle(&self, message: &Message) -> anyhow::Result<Handled> {
         let started = Instant::now();
-        let mut tx = self.pool.begin().await?;
-        let outcome = match decode(&message.body) {
-            Decoded::Malformed(why) => {
-                park(&mut tx, message, None, ErrorKind::Malformed, why, None).await?;
+        let outcome = match self.take(message).await {
+            Ok(outcome) => outcome,
+            // The database refused this message's own statements (not an outage): park it
+            // with its bytes rather than drop the connection, which would return every other
+            // delivery in flight and count against their delivery limits too.
+            Err(error) if refused_by_database(&error) => {
+                let why = format!("the message could not be stored ({error:#})");
+                tracing::error!(error = %why, "intake parked a message the database refused");
+                let mut tx = self.pool.begin().await?;
+                park(&mut tx, message, None, ErrorKind::Permanent, why, None).await?;
+                tx.commit().await?;
                 Outcome::Malformed
             }
-            Decoded::Object(object) => record(&mut tx, message, &object).await?,
+            Err(error) => return Err(error),
         };
-        tx.commit().await?;
         self.stats.count(outcome);
         ::metrics::counter!(names::INTAKE_MESSAGES_TOTAL, "outcome" => outcome.as_str())
             .increment(1);
@@ -225,6 +231,33 @@ impl Handler for Intake {
             .is_ok();
         Ok(if crash { Handled::Crash } else { Handled::Ack })
     }
+}
+
+impl Intake {
+    /// Records one delivery's outcome in one transaction.
+    async fn take(&self, message: &Message) -> anyhow::Result<Outcome> {
+        let mut tx = self.pool.begin().await?;
+        let outcome = match decode(&message.body) {
+            Decoded::Malformed(why) => {
+                park(&mut tx, message, None, ErrorKind::Malformed, why, None).await?;
+                Outcome::Malformed
+            }
+            Decoded::Object(object) => record(&mut tx, message, &object).await?,
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
+
+/// True when PostgreSQL answered a statement with an error (bad data, a constraint), as
+/// opposed to being unreachable.
+pub fn refused_by_database(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Database(_))
+        )
+    })
 }
 
 async fn record(

@@ -123,6 +123,7 @@ pub fn verify(secret: &str, phc: &str) -> bool {
 ///
 /// As [`hash`] does (the panic is carried over from the blocking thread).
 pub async fn hash_off_thread(secret: SecretString, params: HashParams) -> String {
+    let _permit = hashing_permit().await;
     match tokio::task::spawn_blocking(move || hash(&secret, params)).await {
         Ok(phc) => phc,
         Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
@@ -130,9 +131,25 @@ pub async fn hash_off_thread(secret: SecretString, params: HashParams) -> String
     }
 }
 
+/// One argon2 computation at a time per core: each takes `memory_kib` of memory, and without a
+/// bound the blocking pool would run hundreds at once (gigabytes) without finishing any sooner.
+async fn hashing_permit() -> tokio::sync::SemaphorePermit<'static> {
+    static PERMITS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+        let cores = std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(2);
+        tokio::sync::Semaphore::new(cores)
+    });
+    PERMITS
+        .acquire()
+        .await
+        .expect("the hashing semaphore is never closed")
+}
+
 /// [`verify`] on tokio's blocking pool; the secret is wiped from memory afterwards. `false`
 /// if the blocking task does not finish (the runtime is shutting down).
 pub async fn verify_off_thread(secret: String, phc: String) -> bool {
+    let _permit = hashing_permit().await;
     tokio::task::spawn_blocking(move || {
         let mut secret = secret;
         let matches = verify(&secret, &phc);
