@@ -71,6 +71,16 @@ pub struct Parked<'a> {
 
 /// Parks a message in the caller's transaction; returns the dead letter's id.
 pub async fn park(conn: &mut PgConnection, parked: &Parked<'_>) -> sqlx::Result<i64> {
+    let id = park_once(conn, parked, None).await?;
+    Ok(id.expect("a dead letter without a source key is always inserted"))
+}
+
+/// [`park`], but only once per `source_key`: `None` if a dead letter with that key exists.
+pub async fn park_once(
+    conn: &mut PgConnection,
+    parked: &Parked<'_>,
+    source_key: Option<&str>,
+) -> sqlx::Result<Option<i64>> {
     let now = Utc::now();
     let mut headers = match &parked.message.headers {
         Value::Object(map) => map.clone(),
@@ -91,10 +101,11 @@ pub async fn park(conn: &mut PgConnection, parked: &Parked<'_>) -> sqlx::Result<
     if let Some(code) = parked.reason_code {
         headers.insert("x-uid-reason".into(), Value::from(code));
     }
-    let id: i64 = sqlx::query_scalar(
+    let inserted: Option<i64> = sqlx::query_scalar(
         "INSERT INTO dead_letters (application_id, step, error_kind, error, reason_code, body, headers,
-            routing_key, attempts, first_failed_at, last_failed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+            routing_key, attempts, first_failed_at, last_failed_at, source_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT (source_key) WHERE source_key IS NOT NULL DO NOTHING RETURNING id",
     )
     .bind(parked.application_id)
     .bind(parked.step)
@@ -107,8 +118,12 @@ pub async fn park(conn: &mut PgConnection, parked: &Parked<'_>) -> sqlx::Result<
     .bind(i32::try_from(parked.attempts).unwrap_or(i32::MAX))
     .bind(parked.first_failed_at)
     .bind(now)
-    .fetch_one(&mut *conn)
+    .bind(source_key)
+    .fetch_optional(&mut *conn)
     .await?;
+    let Some(id) = inserted else {
+        return Ok(None);
+    };
     headers.insert("x-uid-dead-letter-id".into(), Value::from(id));
     outbox::enqueue(
         conn,
@@ -125,7 +140,7 @@ pub async fn park(conn: &mut PgConnection, parked: &Parked<'_>) -> sqlx::Result<
     )
     .await?;
     ::metrics::counter!(names::DEAD_LETTERS_TOTAL, "kind" => parked.kind.as_str()).increment(1);
-    Ok(id)
+    Ok(Some(id))
 }
 
 /// Consumes `uid.parking` until cancelled, parking every message it finds there.
@@ -186,14 +201,19 @@ impl Handler for Keeper {
             attempts: death.count,
             first_failed_at: message.received_at,
         };
-        let id = park(&mut tx, &parked).await?;
+        // The same dead-lettering delivered again (the keeper died after its commit, before its
+        // ack) has the same key, and is parked once.
+        let key = death.source_key(&message.body);
+        match park_once(&mut tx, &parked, Some(&key)).await? {
+            Some(id) => tracing::warn!(
+                dead_letter.id = id,
+                step = parked.step,
+                kind = kind.as_str(),
+                "parked a message the broker dead-lettered"
+            ),
+            None => tracing::debug!("this dead-lettering was parked already"),
+        }
         tx.commit().await?;
-        tracing::warn!(
-            dead_letter.id = id,
-            step = parked.step,
-            kind = kind.as_str(),
-            "parked a message the broker dead-lettered"
-        );
         Ok(Handled::Ack)
     }
 }
@@ -218,9 +238,23 @@ struct BrokerDeath {
     queue: String,
     reason: String,
     count: u32,
+    /// When the broker dead-lettered it (`x-death[].time`), if it said.
+    time: Option<u64>,
 }
 
 impl BrokerDeath {
+    /// Identifies one dead-lettering of one message: queue, reason, time, count and body.
+    fn source_key(&self, body: &[u8]) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(format!(
+            "{}|{}|{:?}|{}|",
+            self.queue, self.reason, self.time, self.count
+        ));
+        hash.update(body);
+        hex::encode(hash.finalize())
+    }
+
     fn read(headers: &Value) -> Self {
         let first = headers
             .get("x-death")
@@ -243,7 +277,9 @@ impl BrokerDeath {
             .and_then(Value::as_u64)
             .or_else(|| first.and_then(|d| d.get("count")).and_then(Value::as_u64))
             .unwrap_or(1);
+        let time = first.and_then(|d| d.get("time")).and_then(Value::as_u64);
         Self {
+            time,
             queue: text("queue", "x-first-death-queue").unwrap_or_else(|| "unknown queue".into()),
             reason: text("reason", "x-first-death-reason").unwrap_or_else(|| "unknown".into()),
             count: u32::try_from(count).unwrap_or(u32::MAX),
@@ -304,6 +340,7 @@ mod tests {
         assert_eq!(
             BrokerDeath::read(&headers),
             BrokerDeath {
+                time: None,
                 queue: "uid.step.register".into(),
                 reason: "delivery_limit".into(),
                 count: 20

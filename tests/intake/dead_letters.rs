@@ -149,3 +149,49 @@ async fn a_message_over_its_delivery_limit_is_parked_by_the_keeper_as_exhausted(
     );
     app.stop().await;
 }
+
+/// The keeper may die after its commit and before its ack; the broker then delivers the same
+/// dead-lettered message again. It is parked once.
+#[tokio::test]
+async fn the_keeper_parks_a_redelivered_dead_lettering_once() {
+    let mut app = TestApp::spawn().await;
+    let body = br#"{"application_id": "6a0c2d4e-2222-4c55-9a43-2f4a3b1c9d10", "step": "register", "attempt": 1}"#;
+    let headers = serde_json::json!({
+        "x-first-death-queue": "uid.step.register",
+        "x-first-death-reason": "delivery_limit",
+        "x-death": [{"queue": "uid.step.register", "reason": "delivery_limit", "count": 1, "time": 1_790_000_000}]
+    });
+    for _ in 0..2 {
+        app.channel
+            .basic_publish(
+                "uid.parking".into(),
+                "".into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(uidflow::amqp::json_to_headers(&headers)),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let parked = app.take("uid.dead-letter", 1).await;
+    assert_eq!(parked[0].data, body.to_vec());
+    // Both deliveries were handled (the queue is empty) and only one row exists.
+    crate::common::wait_until("uid.parking to drain", || async {
+        (app.ready_count("uid.parking").await == 0).then_some(())
+    })
+    .await;
+    app.shutdown_system().await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    app.stop().await;
+}
