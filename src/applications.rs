@@ -362,18 +362,42 @@ pub async fn load(
     application_id: Uuid,
     lock: bool,
 ) -> sqlx::Result<Option<Loaded>> {
+    Ok(load_for_step(conn, application_id, "", lock)
+        .await?
+        .map(|(loaded, _)| loaded))
+}
+
+/// [`load`], and whether `step` is in the ledger for it already — one statement. With `lock`,
+/// the ledger flag comes from the statement's snapshot, taken before any wait for the lock:
+/// under the lock, read the ledger in a statement of its own.
+pub async fn load_for_step(
+    conn: &mut PgConnection,
+    application_id: Uuid,
+    step: &str,
+    lock: bool,
+) -> sqlx::Result<Option<(Loaded, bool)>> {
     let sql = if lock {
-        "SELECT kind, status, issuing_service, payload FROM applications WHERE application_id = $1 FOR UPDATE"
+        "SELECT kind, status, issuing_service, payload,
+                EXISTS (SELECT 1 FROM step_ledger l WHERE l.application_id = a.application_id AND l.step = $2) AS done
+         FROM applications a WHERE application_id = $1 FOR UPDATE OF a"
     } else {
-        "SELECT kind, status, issuing_service, payload FROM applications WHERE application_id = $1"
+        "SELECT kind, status, issuing_service, payload,
+                EXISTS (SELECT 1 FROM step_ledger l WHERE l.application_id = a.application_id AND l.step = $2) AS done
+         FROM applications a WHERE application_id = $1"
     };
     let Some(row) = sqlx::query(sql)
         .bind(application_id)
+        .bind(step)
         .fetch_optional(&mut *conn)
         .await?
     else {
         return Ok(None);
     };
+    let done: bool = row.get("done");
+    Ok(loaded_from(&row, application_id).map(|loaded| (loaded, done)))
+}
+
+fn loaded_from(row: &sqlx::postgres::PgRow, application_id: Uuid) -> Option<Loaded> {
     let payload: Value = row.get("payload");
     let kind = row
         .get::<Option<String>, _>("kind")
@@ -388,7 +412,7 @@ pub async fn load(
         .get("phone")
         .and_then(Value::as_str)
         .and_then(|p| crate::domain::Phone::parse(p).ok());
-    Ok(match (kind, status, number) {
+    match (kind, status, number) {
         (Some(kind), Some(status), Some(identification_number)) => Some(Loaded {
             application_id,
             kind,
@@ -399,7 +423,7 @@ pub async fn load(
             payload,
         }),
         _ => None,
-    })
+    }
 }
 
 /// Adds a history row without changing the status (a retry, a wrong code, an ignored message).

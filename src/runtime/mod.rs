@@ -253,8 +253,9 @@ impl<S: Step> StepRunner<S> {
             }
         }
         let mut conn = pool.acquire().await?;
-        let Some(application) = applications::load(&mut conn, id, false).await? else {
-            drop(conn);
+        let found = applications::load_for_step(&mut conn, id, S::NAME, false).await?;
+        drop(conn);
+        let Some((application, done)) = found else {
             let mut tx = pool.begin().await?;
             let why = format!("application {id} does not exist or is not a valid application");
             park(
@@ -270,13 +271,10 @@ impl<S: Step> StepRunner<S> {
             tx.commit().await?;
             return Ok("invalid");
         };
-        if application.status.is_final()
-            || (item.purpose.is_run() && ledger_has(&mut conn, id, S::NAME).await?)
-        {
+        if application.status.is_final() || (item.purpose.is_run() && done) {
             tracing::debug!("already done; nothing to do");
             return Ok("duplicate");
         }
-        drop(conn);
         if S::NAME == route::VERIFY_IDENTITY && application.status == Status::Received {
             // Show the check as running while it runs (and while it waits for retries), under
             // the row lock, so a duplicate delivery does not write the change twice.
@@ -304,6 +302,9 @@ impl<S: Step> StepRunner<S> {
         let Some(locked) = applications::load(&mut tx, id, true).await? else {
             return Ok("invalid");
         };
+        // The ledger is read in a statement of its own, after the lock: a statement that had to
+        // wait for the lock still sees its own (older) snapshot in its subqueries, and would
+        // miss the ledger row that the attempt holding the lock just committed.
         if locked.status.is_final()
             || (item.purpose.is_run() && ledger_has(&mut tx, id, S::NAME).await?)
         {
@@ -457,6 +458,20 @@ async fn apply(
     Ok(outcome.label())
 }
 
+async fn ledger_has(
+    conn: &mut PgConnection,
+    application_id: uuid::Uuid,
+    step: &str,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM step_ledger WHERE application_id = $1 AND step = $2)",
+    )
+    .bind(application_id)
+    .bind(step)
+    .fetch_one(&mut *conn)
+    .await
+}
+
 /// Moves an application past `step`: the next step's status and work item, or `completed`.
 pub async fn hand_off(tx: &mut PgConnection, application: &Loaded, step: &str) -> sqlx::Result<()> {
     let id = application.application_id;
@@ -472,20 +487,6 @@ pub async fn hand_off(tx: &mut PgConnection, application: &Loaded, step: &str) -
             Ok(())
         }
     }
-}
-
-async fn ledger_has(
-    conn: &mut PgConnection,
-    application_id: uuid::Uuid,
-    step: &str,
-) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM step_ledger WHERE application_id = $1 AND step = $2)",
-    )
-    .bind(application_id)
-    .bind(step)
-    .fetch_one(&mut *conn)
-    .await
 }
 
 async fn park(

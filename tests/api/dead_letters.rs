@@ -123,7 +123,15 @@ async fn a_discard_is_recorded_with_who_when_and_why_and_malformed_letters_are_n
     app.publish_application(&conflicting).await;
     app.publish("application", &[0xff, 0xfe, 0x00], None).await;
     let rows = app.wait_for_dead_letters(2).await;
-    let ids: Vec<i64> = rows.iter().map(|r| sqlx::Row::get(r, "id")).collect();
+    // The two are handled concurrently: find each by its kind, not by its order.
+    let id_of = |kind: &str| -> i64 {
+        let row = rows
+            .iter()
+            .find(|r| sqlx::Row::get::<String, _>(*r, "error_kind") == kind)
+            .expect("parked");
+        sqlx::Row::get(row, "id")
+    };
+    let ids = [id_of("conflict"), id_of("malformed")];
 
     let malformed = app
         .call(

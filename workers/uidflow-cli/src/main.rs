@@ -299,6 +299,16 @@ async fn migrate(settings: Settings) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<ExitCode> {
+    // Listen for SIGINT/SIGTERM before anything else, so a signal during start-up also ends
+    // the process cleanly (once it has started, after in-flight work).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signalled = shutdown_signal();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        signalled.await;
+        tracing::info!("shutting down: finishing in-flight work");
+        on_signal.cancel();
+    });
     // Steps hold a connection while they commit; leave room for every consumer at once.
     let busiest = options
         .parts
@@ -313,8 +323,7 @@ async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<ExitCode
     tracing::info!(parts = ?names, database = %settings.database_url_redacted(), broker = %settings.amqp_url_redacted(), "uidflow running; Ctrl-C to stop");
     let token = running.system.token();
     tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing in-flight work");
+        stop.cancelled().await;
         token.cancel();
     });
     running.system.run_until_cancelled().await;
@@ -340,20 +349,26 @@ async fn sim(addr: std::net::SocketAddr, faults: Faults) -> anyhow::Result<ExitC
         Simulators::sms_url(addr)
     );
     let stop = token.clone();
+    let signalled = shutdown_signal();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signalled.await;
         stop.cancel();
     });
     simulators.serve(listener, token).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler works on Unix");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves on the first signal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt =
+        signal(SignalKind::interrupt()).expect("installing a SIGINT handler works on Unix");
+    let mut term =
+        signal(SignalKind::terminate()).expect("installing a SIGTERM handler works on Unix");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }

@@ -167,6 +167,29 @@ async fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
 
     let ended = |s: &str| ["completed", "rejected", "failed"].contains(&s);
     let started = Instant::now();
+    // Should the wait fail, say where the open applications stand.
+    let report = {
+        let pool = app.pool.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(common::DEADLINE - Duration::from_secs(2)).await;
+            let open: Vec<(String, String)> = sqlx::query_as(
+                "SELECT application_id::text, status FROM applications WHERE status NOT IN ('completed', 'rejected', 'failed') LIMIT 5",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+            for (id, status) in open {
+                let history: Vec<(String, String, Option<String>)> = sqlx::query_as(
+                    "SELECT status, step, detail FROM application_history WHERE application_id = $1::uuid ORDER BY id",
+                )
+                .bind(&id)
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+                eprintln!("still open: {id} {status}: {history:?}");
+            }
+        })
+    };
     wait_until("every application to end", || async {
         let open: i64 = sqlx::query_scalar("SELECT count(*) FROM applications WHERE status NOT IN ('completed', 'rejected', 'failed')")
             .fetch_one(&app.pool)
@@ -176,11 +199,31 @@ async fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
         (total == ids.len() as i64 && open == 0).then_some(())
     })
     .await;
+    report.abort();
     eprintln!(
         "all {} applications ended {:?} after the last restart",
         ids.len(),
         started.elapsed()
     );
+    // Nothing left behind: duplicates that were still queued when the last application ended
+    // are consumed (as no-ops) by the running process.
+    for queue in [
+        "uid.intake.application",
+        "uid.intake.phone-confirmation",
+        "uid.parking",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(
+        uidflow::topology::STEPS
+            .iter()
+            .map(|s| uidflow::topology::step_queue(s)),
+    ) {
+        wait_until(&format!("{queue} to be empty"), || async {
+            (app.ready_count(&queue).await == 0).then_some(())
+        })
+        .await;
+    }
     token.cancel();
     clerk.await.unwrap();
     let _ = std::process::Command::new("kill")
