@@ -362,34 +362,36 @@ pub async fn load(
     application_id: Uuid,
     lock: bool,
 ) -> sqlx::Result<Option<Loaded>> {
-    Ok(load_for_step(conn, application_id, "", lock)
-        .await?
-        .map(|(loaded, _)| loaded))
+    let sql = if lock {
+        "SELECT kind, status, issuing_service, payload FROM applications WHERE application_id = $1 FOR UPDATE"
+    } else {
+        "SELECT kind, status, issuing_service, payload FROM applications WHERE application_id = $1"
+    };
+    let row = sqlx::query(sql)
+        .bind(application_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.and_then(|row| loaded_from(&row, application_id)))
 }
 
-/// [`load`], and whether `step` is in the ledger for it already — one statement. With `lock`,
-/// the ledger flag comes from the statement's snapshot, taken before any wait for the lock:
-/// under the lock, read the ledger in a statement of its own.
+/// [`load`] without a lock, and whether `step` is in the ledger for it already, in one
+/// statement: a step's cheap pre-check. Under a row lock, read the ledger in a statement of its
+/// own instead: a statement that waited for the lock sees, in its subqueries, the snapshot from
+/// before the wait, and would miss a ledger row committed meanwhile.
 pub async fn load_for_step(
     conn: &mut PgConnection,
     application_id: Uuid,
     step: &str,
-    lock: bool,
 ) -> sqlx::Result<Option<(Loaded, bool)>> {
-    let sql = if lock {
+    let Some(row) = sqlx::query(
         "SELECT kind, status, issuing_service, payload,
                 EXISTS (SELECT 1 FROM step_ledger l WHERE l.application_id = a.application_id AND l.step = $2) AS done
-         FROM applications a WHERE application_id = $1 FOR UPDATE OF a"
-    } else {
-        "SELECT kind, status, issuing_service, payload,
-                EXISTS (SELECT 1 FROM step_ledger l WHERE l.application_id = a.application_id AND l.step = $2) AS done
-         FROM applications a WHERE application_id = $1"
-    };
-    let Some(row) = sqlx::query(sql)
-        .bind(application_id)
-        .bind(step)
-        .fetch_optional(&mut *conn)
-        .await?
+         FROM applications a WHERE application_id = $1",
+    )
+    .bind(application_id)
+    .bind(step)
+    .fetch_optional(&mut *conn)
+    .await?
     else {
         return Ok(None);
     };

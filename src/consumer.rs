@@ -23,8 +23,7 @@ use tracing::Instrument;
 
 use crate::amqp::{connect_once, headers_to_json};
 use crate::config::Settings;
-use crate::outbox::pause;
-use crate::retry::Policy;
+use crate::retry::{Policy, pause};
 use crate::trace::{TRACEPARENT, TraceContext};
 
 /// How long in-flight deliveries may take to finish on shutdown before the connection closes

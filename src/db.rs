@@ -76,11 +76,6 @@ pub async fn migrate(settings: &Settings, pool: &PgPool) -> Result<(), DbError> 
     })
 }
 
-/// True when the database answers a trivial query.
-pub async fn is_reachable(pool: &PgPool) -> bool {
-    sqlx::query("SELECT 1").execute(pool).await.is_ok()
-}
-
 /// PostgreSQL text and jsonb cannot hold a NUL character. Text that came from outside (a
 /// message's body, headers or id) goes through this before it is stored: each NUL becomes
 /// U+FFFD. The raw bytes are kept elsewhere (`bytea`) where they matter.

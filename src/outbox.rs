@@ -176,7 +176,7 @@ pub async fn run_relay(settings: Settings, pool: PgPool, token: CancellationToke
             Ok(connection) => connection,
             Err(error) => {
                 tracing::warn!(error = %error, "outbox relay cannot reach RabbitMQ; will retry");
-                if !pause(&token, delays.next_delay()).await {
+                if !crate::retry::pause(&token, delays.next_delay()).await {
                     break;
                 }
                 continue;
@@ -186,7 +186,7 @@ pub async fn run_relay(settings: Settings, pool: PgPool, token: CancellationToke
             Ok(publisher) => publisher,
             Err(error) => {
                 tracing::warn!(error = %error, "outbox relay cannot open a channel; will retry");
-                if !pause(&token, delays.next_delay()).await {
+                if !crate::retry::pause(&token, delays.next_delay()).await {
                     break;
                 }
                 continue;
@@ -204,7 +204,7 @@ pub async fn run_relay(settings: Settings, pool: PgPool, token: CancellationToke
                 }
                 Err(RelayError::Database(error)) => {
                     tracing::warn!(error = %error, "outbox relay cannot read the outbox; will retry");
-                    if !pause(&token, delays.next_delay()).await {
+                    if !crate::retry::pause(&token, delays.next_delay()).await {
                         break 'connect;
                     }
                     continue;
@@ -226,15 +226,6 @@ pub async fn run_relay(settings: Settings, pool: PgPool, token: CancellationToke
                 _ = tokio::time::sleep(POLL) => {}
             }
         }
-    }
-}
-
-/// Waits `delay` (or the longest reconnect wait) unless cancelled; false when cancelled.
-pub(crate) async fn pause(token: &CancellationToken, delay: Option<Duration>) -> bool {
-    let delay = delay.unwrap_or(Policy::RECONNECT.max_interval);
-    tokio::select! {
-        _ = token.cancelled() => false,
-        _ = tokio::time::sleep(delay) => true,
     }
 }
 

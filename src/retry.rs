@@ -98,6 +98,15 @@ where
     }
 }
 
+/// Waits `delay` (or the longest reconnect wait) unless cancelled; false when cancelled.
+pub async fn pause(token: &tokio_util::sync::CancellationToken, delay: Option<Duration>) -> bool {
+    let delay = delay.unwrap_or(Policy::RECONNECT.max_interval);
+    tokio::select! {
+        _ = token.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,16 +52,6 @@ pub fn next(kind: Kind, step: &str) -> Next {
     }
 }
 
-/// The status an application is in while `step` works on it, for the step's history rows.
-pub fn status_during(step: &str) -> Status {
-    match step {
-        VERIFY_IDENTITY => Status::VerifyingIdentity,
-        CONFIRM_PHONE => Status::AwaitingPhoneConfirmation,
-        REGISTER => Status::Registering,
-        _ => Status::SendingPassword,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

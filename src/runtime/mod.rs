@@ -253,7 +253,7 @@ impl<S: Step> StepRunner<S> {
             }
         }
         let mut conn = pool.acquire().await?;
-        let found = applications::load_for_step(&mut conn, id, S::NAME, false).await?;
+        let found = applications::load_for_step(&mut conn, id, S::NAME).await?;
         drop(conn);
         let Some((application, done)) = found else {
             let mut tx = pool.begin().await?;

@@ -205,9 +205,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
         ids.len(),
         started.elapsed()
     );
-    // Nothing left behind: duplicates that were still queued when the last application ended
-    // are consumed (as no-ops) by the running process.
-    for queue in [
+    let work_queues: Vec<String> = [
         "uid.intake.application",
         "uid.intake.phone-confirmation",
         "uid.parking",
@@ -218,9 +216,13 @@ async fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
         uidflow::topology::STEPS
             .iter()
             .map(|s| uidflow::topology::step_queue(s)),
-    ) {
+    )
+    .collect();
+    // Nothing left behind: duplicates that were still queued when the last application ended
+    // are consumed (as no-ops) by the running process.
+    for queue in &work_queues {
         wait_until(&format!("{queue} to be empty"), || async {
-            (app.ready_count(&queue).await == 0).then_some(())
+            (app.ready_count(queue).await == 0).then_some(())
         })
         .await;
     }
@@ -307,19 +309,8 @@ async fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
         }
     }
     // Nothing left behind: work queues drained, outbox empty, nothing parked.
-    for queue in [
-        "uid.intake.application",
-        "uid.intake.phone-confirmation",
-        "uid.parking",
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .chain(
-        uidflow::topology::STEPS
-            .iter()
-            .map(|s| uidflow::topology::step_queue(s)),
-    ) {
-        assert_eq!(app.ready_count(&queue).await, 0, "{queue} is empty");
+    for queue in &work_queues {
+        assert_eq!(app.ready_count(queue).await, 0, "{queue} is empty");
     }
     app.wait_for_outbox_drained().await;
     let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
