@@ -68,6 +68,9 @@ pub struct ChaosArgs {
     /// How long the SMS gateway stays down instead of the form's (10s short, 150s long).
     #[arg(long, value_parser = crate::parse_wait)]
     pub sms_down: Option<Duration>,
+    /// How long PostgreSQL stays stopped in each of its restarts instead of the form's.
+    #[arg(long, value_parser = crate::parse_wait)]
+    pub pg_down: Option<Duration>,
     /// New applicants per second instead of the form's (4 short, 1.5 long).
     #[arg(long)]
     pub rate: Option<f64>,
@@ -171,6 +174,13 @@ impl Plan {
         if let Some(length) = args.sms_down {
             for fault in &mut plan.sequence {
                 if let Fault::SmsDown(d) = fault {
+                    *d = length;
+                }
+            }
+        }
+        if let Some(length) = args.pg_down {
+            for fault in &mut plan.sequence {
+                if let Fault::Postgres(d) = fault {
                     *d = length;
                 }
             }
@@ -783,6 +793,7 @@ mod tests {
             seed: None,
             kills: None,
             sms_down: None,
+            pg_down: None,
             rate: None,
             log_dir: ".uidflow/chaos".into(),
             keep: false,

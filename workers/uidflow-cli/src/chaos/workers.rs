@@ -13,8 +13,11 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
 /// What a process gets after SIGTERM before it counts as hung (and is killed): the consumers'
-/// shutdown grace (`uidflow::consumer::SHUTDOWN_GRACE`) and 5 s for the rest.
-pub const TERM_GRACE: Duration = Duration::from_secs(15);
+/// grace for deliveries in flight, plus the bounds on their `basic.cancel` and on closing the
+/// connection.
+pub const TERM_GRACE: Duration = Duration::from_secs(
+    uidflow::consumer::SHUTDOWN_GRACE.as_secs() + 2 * uidflow::amqp::CLOSE_TIMEOUT.as_secs(),
+);
 
 /// The pause before a process that exited is started again (systemd's `RestartSec`).
 const RESTART_DELAY: Duration = Duration::from_millis(500);
