@@ -142,9 +142,9 @@ pub struct Injector {
 
 impl Injector {
     /// Injects `planned` at their moments (in order); the long ones one at a time, kills and
-    /// SIGTERMs without waiting for a long fault to end. Returns the first failure to restore
-    /// a service.
-    pub async fn run(self: Arc<Self>, planned: Vec<Planned>, rng: StdRng) -> anyhow::Result<()> {
+    /// SIGTERMs without waiting for a long fault to end. Returns what could not be injected or
+    /// undone (the run goes on: the services are restored first, and the report says it).
+    pub async fn run(self: Arc<Self>, planned: Vec<Planned>, rng: StdRng) -> Vec<String> {
         let rng = Arc::new(Mutex::new(rng));
         let (short, long): (Vec<Planned>, Vec<Planned>) = planned
             .into_iter()
@@ -185,7 +185,7 @@ impl Injector {
                 }
             })
         };
-        let mut result = Ok(());
+        let mut errors = Vec::new();
         for p in long {
             self.until(p.at).await;
             let outcome = match p.fault {
@@ -199,12 +199,16 @@ impl Injector {
                 Fault::Kill9 | Fault::Sigterm => Ok(()),
             };
             if let Err(error) = outcome {
-                result = Err(error);
-                break;
+                eprintln!("chaos: {} failed: {error:#}", p.fault.kind());
+                errors.push(format!("{}: {error:#}", p.fault.kind()));
+                self.services.restore();
+                if let Err(error) = self.sms.up().await {
+                    errors.push(format!("the SMS gateway does not listen again: {error}"));
+                }
             }
         }
         let _ = quick.await;
-        result
+        errors
     }
 
     async fn until(&self, at: Duration) {

@@ -213,17 +213,71 @@ pub fn parse_queue_depths(output: &str) -> anyhow::Result<HashMap<String, (u64, 
         .collect()
 }
 
+/// How long one `rabbitmqctl` or `pg_ctlcluster` may take before it is killed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Runs `program args…` in a process group of its own and returns its standard output; kills
+/// the whole group after [`COMMAND_TIMEOUT`]. (`rabbitmqctl` is a shell script that starts an
+/// Erlang VM through `su`: killing only the script would leave that VM behind, holding one of
+/// the few distribution ports every rabbitmqctl on the machine needs.)
 fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new(program).args(args).output().with_context(|| {
-        format!("{program} must be on the PATH (uidflow chaos runs on the services' machine)")
-    })?;
+    run_within(program, args, COMMAND_TIMEOUT)
+}
+
+fn run_within(program: &str, args: &[&str], timeout: Duration) -> anyhow::Result<String> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(program)
+        .args(args)
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!("{program} must be on the PATH (uidflow chaos runs on the services' machine)")
+        })?;
+    // Read both pipes while waiting, so a chatty command cannot block on a full pipe.
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+            let _ = child.wait();
+            bail!(
+                "{program} {} did not finish within {COMMAND_TIMEOUT:?}; killed it",
+                args.join(" ")
+            );
+        }
+        // Polling interval of a wait for the command's exit.
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
     ensure!(
-        output.status.success(),
+        status.success(),
         "{program} {}: {}",
         args.join(" "),
-        String::from_utf8_lossy(&output.stderr).trim()
+        stderr.trim()
     );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    Ok(stdout)
 }
 
 /// A vhost and a database made for one run, removed afterwards (unless kept).
@@ -343,6 +397,45 @@ pub async fn wait_for_database(settings: &Settings) -> anyhow::Result<Duration> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_report_their_output_and_failures() {
+        assert_eq!(
+            run("sh", &["-c", "echo out; echo err >&2"]).unwrap(),
+            "out\n"
+        );
+        let failed = run("sh", &["-c", "echo why >&2; exit 3"]).unwrap_err();
+        assert!(failed.to_string().ends_with(": why"), "{failed}");
+        assert!(run("no-such-program-here", &[]).is_err());
+    }
+
+    #[test]
+    fn a_command_that_hangs_is_killed_with_everything_it_started() {
+        let file = std::env::temp_dir().join(format!("chaos-{}", Uuid::new_v4().simple()));
+        let script = format!("sleep 30 & echo $! > {}; wait", file.display());
+        let started = Instant::now();
+        let error = run_within("sh", &["-c", &script], Duration::from_millis(500)).unwrap_err();
+        assert!(error.to_string().contains("killed it"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let grandchild = std::fs::read_to_string(&file).unwrap();
+        let _ = std::fs::remove_file(&file);
+        let alive = || {
+            Command::new("kill")
+                .args(["-0", grandchild.trim()])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive() {
+            assert!(
+                Instant::now() < deadline,
+                "the command's own child was killed too"
+            );
+            // Polling interval of a condition wait.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 
     #[test]
     fn queue_depths_are_read_from_rabbitmqctl_json() {
