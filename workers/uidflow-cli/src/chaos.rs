@@ -690,7 +690,8 @@ fn faults_check(
     }
 }
 
-/// The outside-service faults bit: the MVD answered 429s and SMS attempts failed in the outage.
+/// The outside-service faults bit: the MVD answered 429s, and attempts of both steps that send
+/// SMS failed in the gateway's outage.
 async fn effects_check(
     pool: &sqlx::PgPool,
     injected: &[Injected],
@@ -700,23 +701,29 @@ async fn effects_check(
         .filter(|i| i.kind == "mvd_429")
         .filter_map(|i| i.requests)
         .sum();
-    let mut sms_failures = 0i64;
+    let (mut codes, mut passwords) = (0i64, 0i64);
     for outage in injected.iter().filter(|i| i.kind == "sms_down") {
-        let failed: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM application_history WHERE step IN ('confirm-phone', 'send-sms')
-               AND detail LIKE 'attempt % failed%' AND at BETWEEN $1 AND $2",
+        let failed: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT step, count(*) FROM application_history WHERE step IN ('confirm-phone', 'send-sms')
+               AND detail LIKE 'attempt % failed%' AND at BETWEEN $1 AND $2 GROUP BY step",
         )
         .bind(outage.started)
         .bind(outage.ended)
-        .fetch_one(pool)
+        .fetch_all(pool)
         .await?;
-        sms_failures += failed;
+        for (step, n) in failed {
+            if step == "send-sms" {
+                passwords += n;
+            } else {
+                codes += n;
+            }
+        }
     }
     Ok(accounting::Check {
         name: "faults_had_effect",
-        ok: rate_limited > 0 && sms_failures > 0,
+        ok: rate_limited > 0 && codes > 0 && passwords > 0,
         detail: format!(
-            "the MVD answered {rate_limited} requests with 429; {sms_failures} SMS attempts failed while the gateway was down"
+            "the MVD answered {rate_limited} requests with 429; while the SMS gateway was down {codes} confirm-phone and {passwords} send-sms attempts failed"
         ),
     })
 }

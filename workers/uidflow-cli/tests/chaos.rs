@@ -45,6 +45,9 @@ fn run_short_form() -> (Value, Duration, String) {
     let started = Instant::now();
     let output = command.output().expect("uidflow chaos runs");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    // Kept for a look after the run (CI can keep it as an artifact).
+    let kept = format!("{}/chaos-short.json", env!("CARGO_TARGET_TMPDIR"));
+    let _ = std::fs::write(&kept, &output.stdout);
     let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
         panic!("uidflow chaos printed no JSON report ({error}); stderr:\n{stderr}")
     });
@@ -137,10 +140,11 @@ fn the_short_form_loses_nothing_doubles_nothing_and_restores_the_services() {
     assert!(apps["ended_by_status"]["completed"].as_u64().unwrap() > 0);
     assert!(report["sms"]["per_phone_max"].as_u64().unwrap() >= 2);
     eprintln!(
-        "uidflow chaos --short: {} applications, {} kills, {:.0} s",
+        "uidflow chaos --short: {} applications, {} kills, {:.0} s; report in {}/chaos-short.json",
         apps["submitted"],
         count("kill_9"),
-        elapsed.as_secs_f64()
+        elapsed.as_secs_f64(),
+        env!("CARGO_TARGET_TMPDIR")
     );
 
     // Both services answer again (the command waited for them; check it did).

@@ -121,14 +121,18 @@ pub struct Chain {
     pub done: bool,
 }
 
-/// The stories and how often each is told (weights).
-pub const TEMPLATES: [(&str, u32); 6] = [
-    ("issue", 55),
-    ("issue_block_unblock", 15),
+/// The stories and how often each is told (weights). `block_or_unblock` takes a person whose
+/// earlier story ended with a UID and nothing in flight, and blocks it (or unblocks it, if
+/// blocked): these reach `send-sms` without waiting for a code, also while the SMS gateway is
+/// down. With nobody available it is an `issue`.
+pub const TEMPLATES: [(&str, u32); 7] = [
+    ("issue", 45),
+    ("issue_block_unblock", 10),
     ("issue_change_phone", 10),
-    ("block_not_issued", 8),
-    ("mvd_refuses", 6),
-    ("code_never_typed", 6),
+    ("block_or_unblock", 20),
+    ("block_not_issued", 6),
+    ("mvd_refuses", 5),
+    ("code_never_typed", 4),
 ];
 
 /// Everything sent, and what it should end as.
@@ -144,6 +148,8 @@ pub struct Book {
     pub chains: Vec<Chain>,
     /// `TEST_PEOPLE` index → index into `persons`.
     test_people: HashMap<usize, usize>,
+    /// People with a UID and no story in flight, and whether their UID is blocked.
+    idle: Vec<(usize, bool)>,
 }
 
 fn reason_for(answer: MvdAnswer) -> &'static str {
@@ -164,7 +170,16 @@ impl Book {
             expect,
             phone,
         };
-        let (person, steps) = if template == "mvd_refuses" {
+        let template = if template == "block_or_unblock" && self.idle.is_empty() {
+            "issue"
+        } else {
+            template
+        };
+        let (person, steps) = if template == "block_or_unblock" {
+            let (person, blocked) = self.idle.swap_remove(rng.random_range(0..self.idle.len()));
+            let kind = if blocked { "unblock" } else { "block" };
+            (person, vec![step(kind, Completed, None)])
+        } else if template == "mvd_refuses" {
             // The test people the MVD refuses (the last entry of the table matches).
             let index = rng.random_range(0..TEST_PEOPLE.len() - 1);
             let person = *self.test_people.entry(index).or_insert_with(|| {
@@ -252,8 +267,17 @@ impl Book {
             return None;
         }
         let never_typed = app.expect == Expect::CodeNeverTyped;
+        let (kind, person) = (app.kind, app.person);
         match status {
-            "completed" => self.advance(chain),
+            "completed" => {
+                let next = self.advance(chain);
+                let template = self.chains[chain].template;
+                if next.is_none() && ["issue", "block_or_unblock"].contains(&template) {
+                    // Told, with a UID: available for a block or an unblock.
+                    self.idle.push((person, kind == "block"));
+                }
+                next
+            }
             "rejected" | "failed" => {
                 self.chains[chain].done = true;
                 None
@@ -579,6 +603,26 @@ mod tests {
         let change = book.new_chain("issue_change_phone", &mut rng);
         let next = book.settled(book.apps[change].id, "completed").unwrap();
         assert_ne!(book.apps[next].phone, book.apps[change].phone);
+        // Nobody has a UID and nothing in flight yet: a block_or_unblock is an issue.
+        let first = book.new_chain("block_or_unblock", &mut rng);
+        assert_eq!(book.chains[book.apps[first].chain].template, "issue");
+        assert_eq!(book.settled(book.apps[first].id, "completed"), None);
+        let block = book.new_chain("block_or_unblock", &mut rng);
+        assert_eq!(
+            (book.apps[block].kind, book.apps[block].person),
+            ("block", book.apps[first].person)
+        );
+        let issue = book.new_chain("block_or_unblock", &mut rng);
+        assert_eq!(
+            book.apps[issue].kind, "issue",
+            "the only person with a UID is busy"
+        );
+        assert_eq!(book.settled(book.apps[block].id, "completed"), None);
+        let unblock = book.new_chain("block_or_unblock", &mut rng);
+        assert_eq!(
+            (book.apps[unblock].kind, book.apps[unblock].person),
+            ("unblock", book.apps[first].person)
+        );
         let refused = book.new_chain("mvd_refuses", &mut rng);
         assert!(matches!(book.apps[refused].expect, Expect::Rejected(r) if r != "none"));
         assert_eq!(book.settled(book.apps[refused].id, "rejected"), None);
