@@ -32,8 +32,8 @@ async fn pipe(
 
 #[tokio::test]
 async fn closing_a_connection_to_a_broker_that_went_silent_returns_within_the_bound() {
-    let broker_url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| uidflow::config::DEFAULT_AMQP_URL.to_owned());
+    let broker_url =
+        std::env::var("AMQP_URL").unwrap_or_else(|_| uidflow::config::DEFAULT_AMQP_URL.to_owned());
     let mut url = url::Url::parse(&broker_url).unwrap();
     let upstream = format!(
         "{}:{}",
