@@ -230,9 +230,11 @@ pub async fn run(base: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCode> 
     let services = Services::check(args.rabbitmq_node.clone(), &args.pg_cluster, base)?;
     // Whatever happens below, what we stopped is started again.
     let _restore = services.restore_on_drop();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let report = tokio::select! {
         report = drive(base, args, &plan, &services) => report?,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; services restored"),
+        _ = terminate.recv() => anyhow::bail!("terminated; services restored"),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
