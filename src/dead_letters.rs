@@ -213,7 +213,7 @@ impl Handler for Keeper {
             ),
             None => tracing::debug!("this dead-lettering was parked already"),
         }
-        tx.commit().await?;
+        outbox::commit(tx, &self.pool).await?;
         Ok(Handled::Ack)
     }
 }
@@ -728,7 +728,7 @@ pub async fn replay(
         }
     }
     let summary = mark(&mut tx, id, "replayed", who, why).await?;
-    tx.commit().await?;
+    outbox::commit(tx, pool).await?;
     tracing::info!(dead_letter.id = id, by = who, "dead letter replayed");
     Ok(summary)
 }
@@ -759,7 +759,7 @@ pub async fn discard(
         crate::applications::note(&mut tx, application_id, "operator", &detail).await?;
     }
     let summary = mark(&mut tx, id, "discarded", who, why).await?;
-    tx.commit().await?;
+    outbox::commit(tx, pool).await?;
     tracing::info!(dead_letter.id = id, by = who, "dead letter discarded");
     Ok(summary)
 }

@@ -22,6 +22,8 @@ use uidflow::system::{self, RunOptions};
 use uidflow::topology::{APPLICATION_ROUTING_KEY, INTAKE_EXCHANGE, PHONE_CONFIRMATION_ROUTING_KEY};
 use uuid::Uuid;
 
+use crate::resources::{Sample, own_cpu_seconds};
+
 /// What to run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -250,7 +252,8 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
     publishing.finish();
 
     let before = db_commits(&pool).await?;
-    let (cpu_before, started) = (cpu_seconds(), Instant::now());
+    let resources = Sample::take(&pool).await;
+    let (cpu_before, started) = (own_cpu_seconds(), Instant::now());
     let options = RunOptions {
         concurrency: args.concurrency,
         parts: RunOptions::default().parts,
@@ -289,7 +292,8 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();
-    let cpu = cpu_seconds() - cpu_before;
+    let cpu = own_cpu_seconds() - cpu_before;
+    let usage = resources.usage(&Sample::take(&pool).await, elapsed.as_secs_f64(), n);
     draining.finish();
     running.system.shutdown().await;
     token.cancel();
@@ -317,6 +321,7 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
         "latency_ms": latencies(&pool).await?,
         "peak_rss_mib": peak_rss_mib(),
         "cpu_seconds": cpu,
+        "resources": usage,
         "db_transactions_per_application": commits as f64 / f64::from(n),
         "broker_publishes_per_application": published as f64 / f64::from(n),
     });
@@ -381,22 +386,6 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// User + system CPU of this process, in seconds (clock ticks of 100 Hz, Linux's USER_HZ).
-fn cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            let after = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .collect::<Vec<_>>();
-            let ticks = after.get(11)?.parse::<f64>().ok()? + after.get(12)?.parse::<f64>().ok()?;
-            Some(ticks / 100.0)
-        })
-        .unwrap_or(0.0)
-}
-
 /// The floor: the same number of hops per application, each a confirmed persistent publish, a
 /// consume with manual ack and one PostgreSQL transaction that writes a row and its history,
 /// plus the argon2id hashes an application needs (3 for `issue`: the code, its check, the
@@ -445,6 +434,7 @@ async fn floor(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
         mandatory: true,
         expiration_ms: None,
     };
+    let resources = Sample::take(&pool).await;
     let started = Instant::now();
     for start in (0..n).step_by(500) {
         let batch: Vec<Outgoing> = (start..(start + 500).min(n))
@@ -502,9 +492,11 @@ async fn floor(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
     }
     progress.finish();
     let elapsed = started.elapsed();
+    let usage = resources.usage(&Sample::take(&pool).await, elapsed.as_secs_f64(), n);
     let _ = connection.close(200, "floor done".into()).await;
     pool.close().await;
     Ok(json!({
+        "resources": usage,
         "hops_per_application": hops,
         "argon2_hashes_per_application": hashes,
         "seconds": elapsed.as_secs_f64(),
@@ -554,7 +546,9 @@ fn print_report(report: &Value) {
             .as_f64()
             .unwrap_or(0.0)
     );
+    print_resources("uidflow", &report["resources"]);
     if report["floor"].is_object() {
+        print_resources("floor", &report["floor"]["resources"]);
         println!(
             "  floor           {:.1} applications/s ({} hops of publish+consume+transaction, {} argon2id hashes each): uidflow at {:.0} % of it",
             report["floor"]["applications_per_second"]
@@ -565,4 +559,21 @@ fn print_report(report: &Value) {
             report["ratio_to_floor"].as_f64().unwrap_or(0.0) * 100.0
         );
     }
+}
+
+fn print_resources(what: &str, usage: &Value) {
+    let cores = |k: &str| usage["cpu_cores"][k].as_f64().unwrap_or(0.0);
+    println!(
+        "  resources       {what}: CPU cores uidflow {:.2}, RabbitMQ {:.2}, PostgreSQL {:.2}; machine {} % idle, {} % I/O wait; {:.2} WAL syncs per application",
+        cores("uidflow"),
+        cores("rabbitmq"),
+        cores("postgresql"),
+        usage["machine_idle_percent"],
+        usage["machine_iowait_percent"],
+        usage["wal_syncs_per_application"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  saturated       {what}: {}",
+        usage["saturated"].as_str().unwrap_or("?")
+    );
 }

@@ -5,6 +5,7 @@
 mod bench;
 mod follow;
 mod remote;
+mod resources;
 mod status;
 mod submit;
 
