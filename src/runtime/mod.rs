@@ -258,6 +258,9 @@ impl<S: Step> StepRunner<S> {
                 crate::outbox::commit(tx, pool).await?;
                 return Ok("waiting");
             }
+            // A few milliseconds early: wait them out here, never run before `not_before`
+            // (it may carry a `Retry-After`).
+            tokio::time::sleep(left).await;
         }
         let found = if S::CALLS_OUT {
             let mut conn = pool.acquire().await?;
@@ -269,20 +272,8 @@ impl<S: Step> StepRunner<S> {
             Some((None, false))
         };
         let Some((unlocked, done)) = found else {
-            let mut tx = pool.begin().await?;
-            let why = format!("application {id} does not exist or is not a valid application");
-            park(
-                &mut tx,
-                S::NAME,
-                message,
-                Some(id),
-                ErrorKind::Invalid,
-                why,
-                item.attempt,
-            )
-            .await?;
-            crate::outbox::commit(tx, pool).await?;
-            return Ok("invalid");
+            let tx = pool.begin().await?;
+            return self.park_unknown(tx, message, &item).await;
         };
         if let Some(application) = &unlocked
             && (application.status.is_final() || (item.purpose.is_run() && done))
@@ -322,18 +313,7 @@ impl<S: Step> StepRunner<S> {
         let mut tx = pool.begin().await?;
         let Some(locked) = applications::load(&mut tx, id, true).await? else {
             if unlocked.is_none() {
-                let why = format!("application {id} does not exist or is not a valid application");
-                park(
-                    &mut tx,
-                    S::NAME,
-                    message,
-                    Some(id),
-                    ErrorKind::Invalid,
-                    why,
-                    item.attempt,
-                )
-                .await?;
-                crate::outbox::commit(tx, pool).await?;
+                return self.park_unknown(tx, message, &item).await;
             }
             return Ok("invalid");
         };
@@ -371,6 +351,29 @@ impl<S: Step> StepRunner<S> {
                 self.failed(message, &item, error).await
             }
         }
+    }
+
+    /// Parks a work item whose application does not exist or is not valid, in `tx`.
+    async fn park_unknown(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        message: &Message,
+        item: &WorkItem,
+    ) -> anyhow::Result<&'static str> {
+        let id = item.application_id;
+        let why = format!("application {id} does not exist or is not a valid application");
+        park(
+            &mut tx,
+            S::NAME,
+            message,
+            Some(id),
+            ErrorKind::Invalid,
+            why,
+            item.attempt,
+        )
+        .await?;
+        crate::outbox::commit(tx, &self.cx.pool).await?;
+        Ok("invalid")
     }
 
     fn waits(&self) -> Vec<Duration> {
