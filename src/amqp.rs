@@ -137,8 +137,25 @@ pub async fn declare_topology(settings: &Settings) -> Result<(), AmqpError> {
     let connection = connect(settings, "topology").await?;
     let channel = connection.create_channel().await?;
     declare(&channel, &Topology::for_settings(settings)).await?;
-    let _ = connection.close(200, "topology declared".into()).await;
+    close(&connection, 200, "topology declared").await;
     Ok(())
+}
+
+/// How long closing a connection (or a channel) may take before we stop waiting.
+pub const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Closes `connection`, waiting at most [`CLOSE_TIMEOUT`] for the broker's `close-ok`, then
+/// drops it either way. lapin's own `close` waits for that answer without limit, and on a
+/// connection that fails at the same moment (a broker restart) the answer never comes: the
+/// caller would hang for ever (found by `uidflow chaos`: a consumer that never reconnected
+/// and a process that did not stop on SIGTERM).
+pub async fn close(connection: &Connection, reply_code: u16, reply_text: &str) {
+    let closing = connection.close(reply_code, reply_text.into());
+    if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+        tracing::warn!(
+            "the broker did not answer a connection close within {CLOSE_TIMEOUT:?}; dropped it"
+        );
+    }
 }
 
 /// One message to publish.

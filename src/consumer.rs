@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::amqp::{connect_once, headers_to_json};
+use crate::amqp::{CLOSE_TIMEOUT, close, connect_once, headers_to_json};
 use crate::config::Settings;
 use crate::retry::{Policy, pause};
 use crate::trace::{TRACEPARENT, TraceContext};
@@ -185,18 +185,17 @@ async fn session<H: Handler>(
     match outcome {
         Ok(()) => {
             // Stop taking deliveries, let in-flight work finish, then close.
-            let _ = channel
-                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                .await;
+            let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, cancel).await;
             let drain = async { while in_flight.join_next().await.is_some() {} };
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, drain).await;
-            let _ = connection.close(200, "shutting down".into()).await;
+            close(&connection, 200, "shutting down").await;
             Ok(())
         }
         Err(end) => {
             // Dropping the connection returns every unacked delivery to the queue.
             in_flight.abort_all();
-            let _ = connection.close(320, "consumer restarting".into()).await;
+            close(&connection, 320, "consumer restarting").await;
             Err(end)
         }
     }

@@ -249,15 +249,25 @@ impl Intake {
     }
 }
 
-/// True when PostgreSQL answered a statement with an error (bad data, a constraint), as
-/// opposed to being unreachable.
+/// True when PostgreSQL answered a statement with an error about the statement (bad data, a
+/// constraint), as opposed to being unreachable or going away. An error response does not
+/// settle it: a server shutting down answers `57P01 terminating connection due to
+/// administrator command` to the statements in flight, and those messages must be tried again,
+/// not parked.
 pub fn refused_by_database(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<sqlx::Error>(),
-            Some(sqlx::Error::Database(_))
-        )
-    })
+    error
+        .chain()
+        .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(db)) => !db.code().is_some_and(|code| server_trouble(&code)),
+            _ => false,
+        })
+}
+
+/// SQLSTATE classes that blame the server, not the statement: 08 connection exception, 40
+/// transaction rollback (serialization failure, deadlock), 53 insufficient resources, 57
+/// operator intervention (admin shutdown, cannot connect now), 58 system error.
+fn server_trouble(sqlstate: &str) -> bool {
+    matches!(sqlstate.get(..2), Some("08" | "40" | "53" | "57" | "58"))
 }
 
 async fn record(
@@ -400,6 +410,62 @@ async fn park(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A database error answer with a given SQLSTATE.
+    #[derive(Debug)]
+    struct Answer(&'static str);
+
+    impl std::fmt::Display for Answer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Answer {}
+
+    impl sqlx::error::DatabaseError for Answer {
+        fn message(&self) -> &str {
+            "an answer"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn answered(sqlstate: &'static str) -> anyhow::Error {
+        anyhow::Error::new(sqlx::Error::Database(Box::new(Answer(sqlstate))))
+            .context("storing the application")
+    }
+
+    #[test]
+    fn only_errors_about_the_statement_park_a_message_not_a_server_going_away() {
+        // Bad data and constraints: the message itself cannot be stored.
+        for sqlstate in ["22P05", "22021", "23505", "54000", "XX000"] {
+            assert!(refused_by_database(&answered(sqlstate)), "{sqlstate}");
+        }
+        // Shutdown, restart, connection loss, overload, deadlock: try again later.
+        for sqlstate in [
+            "57P01", "57P02", "57P03", "08006", "53300", "40001", "40P01", "58030",
+        ] {
+            assert!(!refused_by_database(&answered(sqlstate)), "{sqlstate}");
+        }
+        assert!(!refused_by_database(&anyhow::Error::new(
+            sqlx::Error::PoolTimedOut
+        )));
+        assert!(!refused_by_database(&anyhow::anyhow!("something else")));
+    }
 
     #[test]
     fn bodies_are_classified_in_order() {

@@ -272,7 +272,7 @@ pub async fn run_relay(settings: Settings, pool: PgPool, token: CancellationToke
                 Ok(_) => {}
                 Err(RelayError::Broker(error)) => {
                     tracing::warn!(error = %error, "outbox relay lost its channel; reconnecting");
-                    let _ = connection.close(320, "reconnecting".into()).await;
+                    crate::amqp::close(&connection, 320, "reconnecting").await;
                     continue 'connect;
                 }
                 Err(RelayError::Database(error)) => {

@@ -377,13 +377,14 @@ async fn sample_queues(settings: &Settings) -> Result<Vec<(String, u32, u32)>, A
                     declared.message_count(),
                     declared.consumer_count(),
                 ));
-                let _ = channel.close(200, "sampled".into()).await;
+                let closing = channel.close(200, "sampled".into());
+                let _ = tokio::time::timeout(crate::amqp::CLOSE_TIMEOUT, closing).await;
             }
             // Not declared (yet) on this broker: shown empty rather than failing the whole list.
             Err(_) => out.push((queue.name.clone(), 0, 0)),
         }
     }
-    let _ = connection.close(200, "sampled".into()).await;
+    crate::amqp::close(&connection, 200, "sampled").await;
     for (name, messages, consumers) in &out {
         ::metrics::gauge!(names::QUEUE_MESSAGES, "queue" => name.clone()).set(f64::from(*messages));
         ::metrics::gauge!(names::QUEUE_CONSUMERS, "queue" => name.clone())
@@ -573,7 +574,7 @@ async fn readyz(State(state): State<ApiState>) -> Response {
         };
     let broker = match crate::amqp::connect_once(&state.settings, "readyz").await {
         Ok(connection) => {
-            let _ = connection.close(200, "ready check".into()).await;
+            crate::amqp::close(&connection, 200, "ready check").await;
             "ok".to_owned()
         }
         Err(e) => format!("RabbitMQ unreachable ({e})"),

@@ -10,10 +10,14 @@
 //!
 //! The state (remembered MVD answers, accepted messages, faults, request counts) lives in
 //! memory and is shared by every clone of the handle; it is lost when the process ends.
+//!
+//! [`Switchable`] serves one router on a fixed address that can be taken down (connections
+//! refused) and brought back, for outages harsher than a 503 (`uidflow chaos`).
 
 pub mod faults;
 pub mod mvd;
 pub mod sms;
+pub mod switch;
 
 use std::net::SocketAddr;
 
@@ -31,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub use faults::{FaultGate, Faults, FaultsError};
 pub use mvd::{InvalidReason, MvdAnswer, MvdSim, TEST_PEOPLE, TestPerson};
 pub use sms::{SentSms, SmsSim};
+pub use switch::Switchable;
 
 /// The faults each simulator starts with.
 #[derive(Debug, Clone, Default, PartialEq)]

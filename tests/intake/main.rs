@@ -3,6 +3,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod close;
 mod dead_letters;
 mod duplicates;
 mod examples;

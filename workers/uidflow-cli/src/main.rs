@@ -3,6 +3,7 @@
 //! with how it was started (arguments, configuration, a command not built yet), 1 otherwise.
 
 mod bench;
+mod chaos;
 mod follow;
 mod remote;
 mod resources;
@@ -121,6 +122,10 @@ enum Command {
     },
     /// The end-to-end benchmark: the whole pipeline on its own vhost and database.
     Bench(bench::BenchArgs),
+    /// The reliability suite: real `uidflow run` processes under faults (kill -9, SIGTERM,
+    /// RabbitMQ and PostgreSQL restarts, SMS gateway down, MVD 429s), then every application
+    /// accounted for. Restarts the broker node and database cluster it is given.
+    Chaos(chaos::ChaosArgs),
 }
 
 fn parse_wait(text: &str) -> Result<Duration, String> {
@@ -138,11 +143,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let quiet = matches!(cli.command, Command::Bench(_));
-    let default_filter = if quiet {
-        "warn"
-    } else {
-        "info,lapin=warn,sqlx=warn"
+    let default_filter = match cli.command {
+        Command::Bench(_) => "warn",
+        // The broker and the database go away on purpose: their clients' complaints are noise.
+        Command::Chaos(_) => "warn,lapin=off,sqlx=error",
+        _ => "info,lapin=warn,sqlx=warn",
     };
     uidflow::telemetry::init_with_default(
         settings.log_format,
@@ -259,6 +264,7 @@ async fn main() -> ExitCode {
             sim(addr, faults).await
         }
         Command::Bench(args) => bench::run(&settings, &args).await,
+        Command::Chaos(args) => chaos::run(&settings, &args).await,
     };
     uidflow::telemetry::flush();
     match result {
