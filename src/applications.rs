@@ -48,16 +48,22 @@ pub async fn insert_received(
     application: &NewApplication<'_>,
     step: &str,
 ) -> sqlx::Result<Inserted> {
+    // The row and its first history row in one statement; nothing when the id exists.
     let inserted = sqlx::query(
-        "INSERT INTO applications (application_id, kind, status, issuing_service, content_sha256, payload)
-         VALUES ($1, $2, 'received', $3, $4, $5)
-         ON CONFLICT (application_id) DO NOTHING",
+        "WITH inserted AS (
+             INSERT INTO applications (application_id, kind, status, issuing_service, content_sha256, payload)
+             VALUES ($1, $2, 'received', $3, $4, $5)
+             ON CONFLICT (application_id) DO NOTHING
+             RETURNING application_id)
+         INSERT INTO application_history (application_id, status, step)
+         SELECT application_id, 'received', $6 FROM inserted",
     )
     .bind(application.application_id)
     .bind(application.kind.map(Kind::as_str))
     .bind(application.issuing_service)
     .bind(application.content_sha256)
     .bind(crate::db::pg_safe_json(application.payload))
+    .bind(step)
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -73,14 +79,6 @@ pub async fn insert_received(
             Inserted::Conflict
         });
     }
-    append_history(
-        conn,
-        application.application_id,
-        Status::Received,
-        step,
-        None,
-    )
-    .await?;
     let event = StatusEvent {
         event_id: Uuid::new_v4(),
         application_id: application.application_id,
@@ -96,7 +94,8 @@ pub async fn insert_received(
     Ok(Inserted::New)
 }
 
-/// Moves an application to `to`, with history and event. Returns the previous status.
+/// Changes an application's status (locking its row), writes the history row and enqueues the
+/// status event, in the caller's transaction. Returns the previous status.
 pub async fn transition(
     conn: &mut PgConnection,
     application_id: Uuid,
@@ -105,28 +104,47 @@ pub async fn transition(
     reason: Option<&Reason>,
     detail: Option<&str>,
 ) -> sqlx::Result<Status> {
-    let row = sqlx::query(
-        "SELECT status, kind, issuing_service, created_at FROM applications WHERE application_id = $1 FOR UPDATE",
-    )
-    .bind(application_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    let previous =
-        Status::parse(row.get("status")).expect("the status column holds contract statuses");
-    let kind: Option<String> = row.get("kind");
+    transition_and_send(conn, application_id, to, step, reason, detail, &[]).await
+}
+
+/// [`transition`], and `also` enqueued after the status event (a hand-off's work item): two
+/// statements in all, one for the row and its history, one for the outbox.
+pub async fn transition_and_send(
+    conn: &mut PgConnection,
+    application_id: Uuid,
+    to: Status,
+    step: &str,
+    reason: Option<&Reason>,
+    detail: Option<&str>,
+    also: &[Outgoing],
+) -> sqlx::Result<Status> {
     let reason_json = reason
         .map(|r| crate::db::pg_safe_json(&serde_json::to_value(r).expect("a reason serialises")));
-    sqlx::query(
-        "UPDATE applications SET status = $2, reason = $3, updated_at = clock_timestamp()
-         WHERE application_id = $1",
+    let detail = detail.or(reason.map(|r| r.detail.as_str()));
+    // `old` locks the row and keeps the status it had; the update and the history row follow
+    // in the same statement.
+    let row = sqlx::query(
+        "WITH old AS (
+             SELECT application_id, status FROM applications WHERE application_id = $1 FOR UPDATE),
+         changed AS (
+             UPDATE applications a SET status = $2, reason = $3, updated_at = clock_timestamp()
+             FROM old WHERE a.application_id = old.application_id
+             RETURNING old.status AS previous, a.kind, a.issuing_service, a.created_at),
+         history AS (
+             INSERT INTO application_history (application_id, status, step, detail)
+             SELECT $1, $2, $4, $5 FROM changed)
+         SELECT previous, kind, issuing_service, created_at FROM changed",
     )
     .bind(application_id)
     .bind(to.as_str())
     .bind(&reason_json)
-    .execute(&mut *conn)
+    .bind(step)
+    .bind(detail.map(crate::db::pg_safe_text))
+    .fetch_one(&mut *conn)
     .await?;
-    let detail = detail.or(reason.map(|r| r.detail.as_str()));
-    append_history(conn, application_id, to, step, detail).await?;
+    let previous =
+        Status::parse(row.get("previous")).expect("the status column holds contract statuses");
+    let kind: Option<String> = row.get("kind");
     ::metrics::counter!(crate::telemetry::metrics::STATUS_CHANGES_TOTAL, "status" => to.as_str())
         .increment(1);
     if to.is_final() {
@@ -147,29 +165,20 @@ pub async fn transition(
         reason: reason.cloned(),
         at: Utc::now(),
     };
-    enqueue_event(conn, &event).await?;
+    let mut messages = Vec::with_capacity(1 + also.len());
+    messages.push(event_message(&event));
+    messages.extend_from_slice(also);
+    outbox::enqueue_all(conn, &messages).await?;
     Ok(previous)
 }
 
-async fn append_history(
-    conn: &mut PgConnection,
-    application_id: Uuid,
-    status: Status,
-    step: &str,
-    detail: Option<&str>,
-) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO application_history (application_id, status, step, detail) VALUES ($1, $2, $3, $4)")
-        .bind(application_id)
-        .bind(status.as_str())
-        .bind(step)
-        .bind(detail.map(crate::db::pg_safe_text))
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+async fn enqueue_event(conn: &mut PgConnection, event: &StatusEvent) -> sqlx::Result<()> {
+    outbox::enqueue(conn, &event_message(event)).await
 }
 
-async fn enqueue_event(conn: &mut PgConnection, event: &StatusEvent) -> sqlx::Result<()> {
-    let message = Outgoing {
+/// The `uid.events` message of a status change.
+fn event_message(event: &StatusEvent) -> Outgoing {
+    Outgoing {
         exchange: EVENTS_EXCHANGE.into(),
         routing_key: format!("application.{}", event.status.as_str()),
         message_id: Some(event.event_id.to_string()),
@@ -179,8 +188,7 @@ async fn enqueue_event(conn: &mut PgConnection, event: &StatusEvent) -> sqlx::Re
         // Nobody may be listening to events; that is not an error.
         mandatory: false,
         expiration_ms: None,
-    };
-    outbox::enqueue(conn, &message).await
+    }
 }
 
 /// One history entry as returned (CONTRACT §3).

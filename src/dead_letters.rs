@@ -213,7 +213,7 @@ impl Handler for Keeper {
             ),
             None => tracing::debug!("this dead-lettering was parked already"),
         }
-        tx.commit().await?;
+        outbox::commit(tx, &self.pool).await?;
         Ok(Handled::Ack)
     }
 }
@@ -315,6 +315,44 @@ mod tests {
         }
         let harmless = show_body(b"just text, 42");
         assert!(!harmless.masked && harmless.raw_base64.is_some());
+    }
+
+    /// The shapes the fuzzer (tests/fuzz/regressions) found shown in full.
+    #[test]
+    fn numbers_keys_broken_bytes_and_combining_marks_do_not_hide_personal_data() {
+        let cases: [(&[u8], &[&str]); 5] = [
+            (br#"{"kind": "issue", "phone": 375291234567}"#, &["375291234567"]),
+            (br#"{"application_id": "x", "code": 482913}"#, &["482913"]),
+            (
+                br#"{"3140385A001PB5": {"+375291234567": "confirmed"}}"#,
+                &["3140385A001PB5", "375291234567"],
+            ),
+            (
+                b"{\"applicant\": {\"surname\": \"\xff\xd0\x86\xd0\xb2\"}, \"code\": \"4\xff82913\"}",
+                &["82913", "\u{406}\u{432}"],
+            ),
+            (
+                "identification number 3140385A001PB5\u{301} (combining)".as_bytes(),
+                &["3140385A001PB5"],
+            ),
+        ];
+        for (body, secrets) in cases {
+            let shown = show_body(body);
+            let text = match shown.encoding {
+                "base64" => {
+                    use base64::Engine;
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(shown.content.as_str().unwrap())
+                        .unwrap();
+                    String::from_utf8_lossy(&bytes).into_owned()
+                }
+                _ => shown.content.to_string(),
+            };
+            for secret in secrets {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+            assert!(shown.masked && shown.raw_base64.is_none(), "{text}");
+        }
     }
 
     #[test]
@@ -546,14 +584,19 @@ pub fn show_body(body: &[u8]) -> Body {
 fn mask_bytes(bytes: &[u8]) -> (Vec<u8>, bool) {
     use regex::bytes::Regex;
     static NUMBER: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
-        Regex::new(r"(?i)\b([0-9]{7}[a-z])[0-9]{3}([a-z]{2}[0-9])\b").expect("a valid pattern")
+        // ASCII word boundaries: a combining mark after the number must not hide it.
+        Regex::new(r"(?i)(?-u:\b)([0-9]{7}[a-z])[0-9]{3}([a-z]{2}[0-9])(?-u:\b)")
+            .expect("a valid pattern")
     });
     static PHONE: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
         Regex::new(r"\+?[0-9](?:[ ()\-]*[0-9]){8,}").expect("a valid pattern")
     });
     static FIELD: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
-        Regex::new(r#"("(?:surname|given_name|patronymic|number|code|password)"\s*:\s*")[^"]*"#)
-            .expect("a valid pattern")
+        // Any byte but a quote, so an invalid byte inside the value does not end the match.
+        Regex::new(
+            r#"("(?:surname|given_name|patronymic|number|code|password)"\s*:\s*")(?-u:[^"])*"#,
+        )
+        .expect("a valid pattern")
     });
     let fields = FIELD.replace_all(bytes, &b"${1}***"[..]);
     let numbers = NUMBER.replace_all(&fields, &b"${1}***${2}"[..]);
@@ -571,6 +614,17 @@ fn mask_json(value: &mut Value, key: Option<&str>) -> bool {
             let mut masked = false;
             for (key, child) in map.iter_mut() {
                 masked |= mask_json(child, Some(key));
+            }
+            // Keys are data too: a number or a phone used as a key is masked like a value.
+            if map.keys().any(|k| mask_bytes(k.as_bytes()).1) {
+                masked = true;
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let (shown, _) = mask_bytes(k.as_bytes());
+                        (String::from_utf8_lossy(&shown).into_owned(), v)
+                    })
+                    .collect();
             }
             masked
         }
@@ -593,6 +647,16 @@ fn mask_json(value: &mut Value, key: Option<&str>) -> bool {
             let masked = by_shape || shown != *text;
             *text = shown;
             masked
+        }
+        // A phone or a code sent as a JSON number is masked like the string would be.
+        Value::Number(number) => {
+            let secret_key = matches!(key, Some("number" | "code" | "password"));
+            if secret_key || mask_bytes(number.to_string().as_bytes()).1 {
+                *value = Value::from("***");
+                true
+            } else {
+                false
+            }
         }
         _ => false,
     }
@@ -728,7 +792,7 @@ pub async fn replay(
         }
     }
     let summary = mark(&mut tx, id, "replayed", who, why).await?;
-    tx.commit().await?;
+    outbox::commit(tx, pool).await?;
     tracing::info!(dead_letter.id = id, by = who, "dead letter replayed");
     Ok(summary)
 }
@@ -759,7 +823,7 @@ pub async fn discard(
         crate::applications::note(&mut tx, application_id, "operator", &detail).await?;
     }
     let summary = mark(&mut tx, id, "discarded", who, why).await?;
-    tx.commit().await?;
+    outbox::commit(tx, pool).await?;
     tracing::info!(dead_letter.id = id, by = who, "dead letter discarded");
     Ok(summary)
 }

@@ -343,7 +343,7 @@ async fn confirm_phone(
         expiration_ms: None,
     };
     crate::outbox::enqueue(&mut tx, &message).await?;
-    tx.commit().await?;
+    crate::outbox::commit(tx, &state.pool).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"application_id": id, "status": "accepted"})),

@@ -77,6 +77,9 @@ pub trait Step: Send + Sync + 'static {
     const NAME: &'static str;
     /// What [`Step::call`] hands to [`Step::commit`].
     type Prepared: Send;
+    /// False for a step whose [`Step::call`] does nothing: the runtime then skips the unlocked
+    /// read that guards an external call, and makes the call under the lock.
+    const CALLS_OUT: bool = true;
 
     /// Work outside the database transaction (an idempotent external call). No lock is held.
     fn call(
@@ -128,6 +131,11 @@ pub async fn enqueue_work(
     item: &WorkItem,
     wait: Option<Wait>,
 ) -> sqlx::Result<()> {
+    outbox::enqueue(conn, &work_message(item, wait)).await
+}
+
+/// The message that hands `item` to its step's queue, or to a retry wait queue.
+pub fn work_message(item: &WorkItem, wait: Option<Wait>) -> Outgoing {
     let (exchange, routing_key, expiration_ms) = match wait {
         None => (WORK_EXCHANGE, item.step.clone(), None),
         Some(wait) => (
@@ -136,7 +144,7 @@ pub async fn enqueue_work(
             Some(u64::try_from(wait.delay.as_millis()).unwrap_or(u64::MAX)),
         ),
     };
-    let message = Outgoing {
+    Outgoing {
         exchange: exchange.into(),
         routing_key,
         message_id: Some(format!(
@@ -148,8 +156,7 @@ pub async fn enqueue_work(
         body: serde_json::to_vec(item).expect("a work item serialises"),
         mandatory: true,
         expiration_ms,
-    };
-    outbox::enqueue(conn, &message).await
+    }
 }
 
 /// A wait before a work item runs again.
@@ -225,7 +232,7 @@ impl<S: Step> StepRunner<S> {
                     1,
                 )
                 .await?;
-                tx.commit().await?;
+                crate::outbox::commit(tx, pool).await?;
                 return Ok("malformed");
             }
         };
@@ -248,35 +255,37 @@ impl<S: Step> StepRunner<S> {
                 // Early out of its wait queue (the queue's TTL is shorter): wait again.
                 let mut tx = pool.begin().await?;
                 enqueue_work(&mut tx, &item, Some(wait_for(left, &self.waits()))).await?;
-                tx.commit().await?;
+                crate::outbox::commit(tx, pool).await?;
                 return Ok("waiting");
             }
+            // A few milliseconds early: wait them out here, never run before `not_before`
+            // (it may carry a `Retry-After`).
+            tokio::time::sleep(left).await;
         }
-        let mut conn = pool.acquire().await?;
-        let found = applications::load_for_step(&mut conn, id, S::NAME).await?;
-        drop(conn);
-        let Some((application, done)) = found else {
-            let mut tx = pool.begin().await?;
-            let why = format!("application {id} does not exist or is not a valid application");
-            park(
-                &mut tx,
-                S::NAME,
-                message,
-                Some(id),
-                ErrorKind::Invalid,
-                why,
-                item.attempt,
-            )
-            .await?;
-            tx.commit().await?;
-            return Ok("invalid");
+        let found = if S::CALLS_OUT {
+            let mut conn = pool.acquire().await?;
+            let found = applications::load_for_step(&mut conn, id, S::NAME).await?;
+            drop(conn);
+            found.map(|(application, done)| (Some(application), done))
+        } else {
+            // Nothing to do outside the lock: the locked read below is the only one.
+            Some((None, false))
         };
-        if application.status.is_final() || (item.purpose.is_run() && done) {
+        let Some((unlocked, done)) = found else {
+            let tx = pool.begin().await?;
+            return self.park_unknown(tx, message, &item).await;
+        };
+        if let Some(application) = &unlocked
+            && (application.status.is_final() || (item.purpose.is_run() && done))
+        {
             tracing::debug!("already done; nothing to do");
             return Ok("duplicate");
         }
-        if S::NAME == route::VERIFY_IDENTITY && application.status == Status::Received {
-            // Show the check as running while it runs (and while it waits for retries), under
+        if S::NAME == route::VERIFY_IDENTITY
+            && unlocked.as_ref().map(|a| a.status) == Some(Status::Received)
+        {
+            // The intake hands an application over already `verifying_identity` (in its own
+            // commit); one received before it did so still shows the check as running, under
             // the row lock, so a duplicate delivery does not write the change twice.
             let mut tx = pool.begin().await?;
             if let Some(locked) = applications::load(&mut tx, id, true).await?
@@ -292,14 +301,20 @@ impl<S: Step> StepRunner<S> {
                 )
                 .await?;
             }
-            tx.commit().await?;
+            crate::outbox::commit(tx, pool).await?;
         }
-        let prepared = match self.step.call(&self.cx, &application, &item).await {
-            Ok(prepared) => prepared,
-            Err(error) => return self.failed(message, &item, error).await,
+        let prepared = match &unlocked {
+            Some(application) => match self.step.call(&self.cx, application, &item).await {
+                Ok(prepared) => Some(prepared),
+                Err(error) => return self.failed(message, &item, error).await,
+            },
+            None => None,
         };
         let mut tx = pool.begin().await?;
         let Some(locked) = applications::load(&mut tx, id, true).await? else {
+            if unlocked.is_none() {
+                return self.park_unknown(tx, message, &item).await;
+            }
             return Ok("invalid");
         };
         // The ledger is read in a statement of its own, after the lock: a statement that had to
@@ -310,6 +325,17 @@ impl<S: Step> StepRunner<S> {
         {
             return Ok("duplicate");
         }
+        let prepared = match prepared {
+            Some(prepared) => prepared,
+            // A step that calls nothing out does its (empty) call here, under the lock.
+            None => match self.step.call(&self.cx, &locked, &item).await {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    drop(tx);
+                    return self.failed(message, &item, error).await;
+                }
+            },
+        };
         match self
             .step
             .commit(&self.cx, &mut tx, &locked, &item, prepared)
@@ -317,7 +343,7 @@ impl<S: Step> StepRunner<S> {
         {
             Ok(outcome) => {
                 let label = apply(&mut tx, &locked, &item, S::NAME, &outcome).await?;
-                tx.commit().await?;
+                crate::outbox::commit(tx, pool).await?;
                 Ok(label)
             }
             Err(error) => {
@@ -325,6 +351,29 @@ impl<S: Step> StepRunner<S> {
                 self.failed(message, &item, error).await
             }
         }
+    }
+
+    /// Parks a work item whose application does not exist or is not valid, in `tx`.
+    async fn park_unknown(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        message: &Message,
+        item: &WorkItem,
+    ) -> anyhow::Result<&'static str> {
+        let id = item.application_id;
+        let why = format!("application {id} does not exist or is not a valid application");
+        park(
+            &mut tx,
+            S::NAME,
+            message,
+            Some(id),
+            ErrorKind::Invalid,
+            why,
+            item.attempt,
+        )
+        .await?;
+        crate::outbox::commit(tx, &self.cx.pool).await?;
+        Ok("invalid")
     }
 
     fn waits(&self) -> Vec<Duration> {
@@ -422,7 +471,7 @@ impl<S: Step> StepRunner<S> {
                 "permanent"
             }
         };
-        tx.commit().await?;
+        crate::outbox::commit(tx, &self.cx.pool).await?;
         Ok(label)
     }
 }
@@ -477,10 +526,21 @@ pub async fn hand_off(tx: &mut PgConnection, application: &Loaded, step: &str) -
     let id = application.application_id;
     match route::next(application.kind, step) {
         Next::Step { step: next, status } => {
-            if let Some(status) = status.filter(|s| *s != application.status) {
-                applications::transition(tx, id, status, step, None, None).await?;
+            let work = work_message(&WorkItem::first(id, next), None);
+            match status.filter(|s| *s != application.status) {
+                Some(status) => applications::transition_and_send(
+                    tx,
+                    id,
+                    status,
+                    step,
+                    None,
+                    None,
+                    std::slice::from_ref(&work),
+                )
+                .await
+                .map(drop),
+                None => outbox::enqueue(tx, &work).await,
             }
-            enqueue_work(tx, &WorkItem::first(id, next), None).await
         }
         Next::Done => {
             applications::transition(tx, id, Status::Completed, step, None, None).await?;

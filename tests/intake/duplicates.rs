@@ -48,7 +48,8 @@ async fn identical_repeats_are_a_no_op_even_with_keys_reordered() {
             &id
         )
         .await,
-        1
+        2,
+        "received, then handed to verify-identity"
     );
     assert_eq!(app.ready_count("uid.step.verify-identity").await, 1);
     assert_eq!(
@@ -65,7 +66,7 @@ async fn conflicting_repeat_is_parked_and_the_first_application_is_untouched() {
     let first = example_json("valid-issue-belarusian.json");
     let id = first["application_id"].as_str().unwrap().to_owned();
     app.publish_application(&first).await;
-    assert_eq!(app.wait_for_application(&id).await, "received");
+    assert_eq!(app.wait_for_application(&id).await, "verifying_identity");
 
     let mut second = first.clone();
     second["phone"] = Value::from("+375447654321");
@@ -94,7 +95,10 @@ async fn conflicting_repeat_is_parked_and_the_first_application_is_untouched() {
         Some(Value::from("conflict"))
     );
 
-    assert_eq!(app.status_of(&id).await.as_deref(), Some("received"));
+    assert_eq!(
+        app.status_of(&id).await.as_deref(),
+        Some("verifying_identity")
+    );
     let phone: Value = sqlx::query_scalar(
         "SELECT payload->'phone' FROM applications WHERE application_id = $1::uuid",
     )
@@ -112,7 +116,8 @@ async fn conflicting_repeat_is_parked_and_the_first_application_is_untouched() {
             &id
         )
         .await,
-        1
+        2,
+        "received, then handed to verify-identity"
     );
     app.stop().await;
 }

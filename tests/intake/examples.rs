@@ -58,7 +58,7 @@ async fn every_example_ends_as_the_manifest_says() {
                 let id = expected["application_id"].as_str().unwrap();
                 assert_eq!(
                     app.status_of(id).await.as_deref(),
-                    Some("received"),
+                    Some("verifying_identity"),
                     "{name}"
                 );
             }

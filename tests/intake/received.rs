@@ -14,7 +14,8 @@ async fn valid_application_is_received_with_history_event_and_hand_off() {
 
     app.publish_application(&application).await;
 
-    assert_eq!(app.wait_for_application(&id).await, "received");
+    // Received and handed over to the first step in one commit.
+    assert_eq!(app.wait_for_application(&id).await, "verifying_identity");
     let history = sqlx::query_as::<_, (String, String, Option<String>)>(
         "SELECT status, step, detail FROM application_history WHERE application_id = $1::uuid ORDER BY id",
     )
@@ -22,9 +23,22 @@ async fn valid_application_is_received_with_history_event_and_hand_off() {
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    assert_eq!(history, vec![("received".into(), "intake".into(), None)]);
+    assert_eq!(
+        history,
+        vec![
+            ("received".into(), "intake".into(), None),
+            ("verifying_identity".into(), "verify-identity".into(), None)
+        ]
+    );
 
-    let event = app.take(&events, 1).await.remove(0);
+    let mut taken = app.take(&events, 2).await;
+    let handed_over = taken.remove(1);
+    let event = taken.remove(0);
+    assert_eq!(
+        handed_over.routing_key.as_str(),
+        "application.verifying_identity",
+        "an event per status change, in order"
+    );
     assert_eq!(event.routing_key.as_str(), "application.received");
     let body: Value = serde_json::from_slice(&event.data).unwrap();
     let schema: Value =
@@ -105,7 +119,8 @@ async fn crash_between_commit_and_ack_does_not_duplicate_anything() {
             &id
         )
         .await,
-        1
+        2,
+        "received and verifying_identity, once each"
     );
     assert_eq!(
         app.ready_count("uid.step.verify-identity").await,

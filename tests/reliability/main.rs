@@ -182,7 +182,7 @@ async fn check(app: &TestApp, cases: &[&Case], queued: &mut Vec<Vec<u8>>) {
                 let (status, reason) = applications
                     .get(&id)
                     .unwrap_or_else(|| panic!("{}: no application {id}", case.name));
-                assert_eq!(status, "received", "{}: {reason:?}", case.name);
+                assert_eq!(status, "verifying_identity", "{}: {reason:?}", case.name);
             }
         }
     }

@@ -138,7 +138,7 @@ impl Handler for Confirmations {
                 }
             }
         }
-        tx.commit().await?;
+        uidflow::outbox::commit(tx, &self.pool).await?;
         Ok(Handled::Ack)
     }
 }

@@ -57,6 +57,7 @@ fn not_confirmed(detail: &str) -> Outcome {
 impl Step for ConfirmPhone {
     const NAME: &'static str = route::CONFIRM_PHONE;
     type Prepared = ();
+    const CALLS_OUT: bool = false;
 
     async fn call(
         &self,

@@ -172,6 +172,7 @@ pub async fn apply(tx: &mut PgConnection, application: &Loaded) -> Result<Outcom
 impl Step for Register {
     const NAME: &'static str = route::REGISTER;
     type Prepared = ();
+    const CALLS_OUT: bool = false;
 
     async fn call(
         &self,

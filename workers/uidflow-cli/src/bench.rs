@@ -22,6 +22,8 @@ use uidflow::system::{self, RunOptions};
 use uidflow::topology::{APPLICATION_ROUTING_KEY, INTAKE_EXCHANGE, PHONE_CONFIRMATION_ROUTING_KEY};
 use uuid::Uuid;
 
+use crate::resources::{Sample, own_cpu_seconds};
+
 /// What to run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -37,12 +39,25 @@ pub struct BenchArgs {
     /// Deliveries in flight per consumer.
     #[arg(long, default_value_t = 32)]
     pub concurrency: u16,
+    /// Steady rate: publish this many applications per second while the parts run (default:
+    /// backlog mode, all published before the parts start).
+    #[arg(long, value_parser = positive_rate)]
+    pub rate: Option<f64>,
     /// Also measure the machine's floor for the same shape of work, and the ratio.
     #[arg(long)]
     pub floor: bool,
     /// Print JSON instead of a report.
     #[arg(long)]
     pub json: bool,
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a rate: give applications per second, e.g. 100"
+        )),
+    }
 }
 
 /// Runs the benchmark.
@@ -233,30 +248,62 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
 
     let connection = uidflow::amqp::connect(&settings, "bench").await?;
     let publisher = Publisher::open(&connection).await?;
-    let mut phones: HashMap<String, Uuid> = HashMap::new();
-    let publishing = bar(u64::from(args.applications), "publish");
     let n = args.applications;
-    for start in (0..n).step_by(500) {
-        let batch: Vec<Outgoing> = (start..(start + 500).min(n))
-            .map(|i| {
-                let (id, phone, body) = application(i, &args.mix);
-                phones.insert(phone, id);
-                publish_message(APPLICATION_ROUTING_KEY, id, body)
-            })
-            .collect();
-        publisher.publish_all(&batch).await?;
-        publishing.inc(batch.len() as u64);
+    let mut phones: HashMap<String, Uuid> = HashMap::new();
+    let mut messages = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let (id, phone, body) = application(i, &args.mix);
+        phones.insert(phone, id);
+        messages.push(publish_message(APPLICATION_ROUTING_KEY, id, body));
     }
-    publishing.finish();
-
-    let before = db_commits(&pool).await?;
-    let (cpu_before, started) = (cpu_seconds(), Instant::now());
     let options = RunOptions {
         concurrency: args.concurrency,
         parts: RunOptions::default().parts,
         ..RunOptions::default()
     };
-    let running = uidflow_cli::start(&settings, &pool, &options, SimConfig::default()).await?;
+    let mut running = None;
+    let mut paced = None;
+    match args.rate {
+        // Backlog: everything is queued before any part starts.
+        None => {
+            let publishing = bar(u64::from(n), "publish");
+            for batch in messages.chunks(500) {
+                publisher.publish_all(batch).await?;
+                publishing.inc(batch.len() as u64);
+            }
+            publishing.finish();
+        }
+        // Steady rate: the parts run first; applications arrive at `rate` per second, in a
+        // batch every 20 ms, from a task of their own.
+        Some(rate) => {
+            running =
+                Some(uidflow_cli::start(&settings, &pool, &options, SimConfig::default()).await?);
+            let publisher = publisher.clone();
+            paced = Some(tokio::spawn(async move {
+                let tick = Duration::from_millis(20);
+                let mut interval = tokio::time::interval(tick);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                let started = Instant::now();
+                let mut sent = 0usize;
+                while sent < messages.len() {
+                    interval.tick().await;
+                    let due = ((started.elapsed().as_secs_f64() * rate) as usize)
+                        .clamp(sent + 1, messages.len());
+                    publisher.publish_all(&messages[sent..due]).await?;
+                    sent = due;
+                }
+                anyhow::Ok(started.elapsed())
+            }));
+        }
+    }
+
+    let before = db_commits(&pool).await?;
+    let resources = Sample::take(&pool).await;
+    let (cpu_before, started) = (own_cpu_seconds(), Instant::now());
+    let running = match running {
+        Some(running) => running,
+        None => uidflow_cli::start(&settings, &pool, &options, SimConfig::default()).await?,
+    };
     let draining = bar(u64::from(n), "drain");
     let mut seen_sms = 0;
     loop {
@@ -289,7 +336,12 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();
-    let cpu = cpu_seconds() - cpu_before;
+    let publishing_seconds = match paced {
+        Some(task) => Some(task.await??.as_secs_f64()),
+        None => None,
+    };
+    let cpu = own_cpu_seconds() - cpu_before;
+    let usage = resources.usage(&Sample::take(&pool).await, elapsed.as_secs_f64(), n);
     draining.finish();
     running.system.shutdown().await;
     token.cancel();
@@ -309,6 +361,9 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
         "applications": n,
         "mix": args.mix,
         "simulator_latency_ms": args.latency.as_millis() as u64,
+        "mode": if args.rate.is_some() { "rate" } else { "backlog" },
+        "offered_rate": args.rate,
+        "publishing_seconds": publishing_seconds,
         "concurrency": args.concurrency,
         "argon2": {"memory_kib": settings.hash_params.memory_kib, "iterations": settings.hash_params.iterations, "parallelism": settings.hash_params.parallelism},
         "seconds": elapsed.as_secs_f64(),
@@ -317,6 +372,7 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
         "latency_ms": latencies(&pool).await?,
         "peak_rss_mib": peak_rss_mib(),
         "cpu_seconds": cpu,
+        "resources": usage,
         "db_transactions_per_application": commits as f64 / f64::from(n),
         "broker_publishes_per_application": published as f64 / f64::from(n),
     });
@@ -381,22 +437,6 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// User + system CPU of this process, in seconds (clock ticks of 100 Hz, Linux's USER_HZ).
-fn cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            let after = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .collect::<Vec<_>>();
-            let ticks = after.get(11)?.parse::<f64>().ok()? + after.get(12)?.parse::<f64>().ok()?;
-            Some(ticks / 100.0)
-        })
-        .unwrap_or(0.0)
-}
-
 /// The floor: the same number of hops per application, each a confirmed persistent publish, a
 /// consume with manual ack and one PostgreSQL transaction that writes a row and its history,
 /// plus the argon2id hashes an application needs (3 for `issue`: the code, its check, the
@@ -445,6 +485,7 @@ async fn floor(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
         mandatory: true,
         expiration_ms: None,
     };
+    let resources = Sample::take(&pool).await;
     let started = Instant::now();
     for start in (0..n).step_by(500) {
         let batch: Vec<Outgoing> = (start..(start + 500).min(n))
@@ -502,9 +543,11 @@ async fn floor(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
     }
     progress.finish();
     let elapsed = started.elapsed();
+    let usage = resources.usage(&Sample::take(&pool).await, elapsed.as_secs_f64(), n);
     let _ = connection.close(200, "floor done".into()).await;
     pool.close().await;
     Ok(json!({
+        "resources": usage,
         "hops_per_application": hops,
         "argon2_hashes_per_application": hashes,
         "seconds": elapsed.as_secs_f64(),
@@ -513,8 +556,12 @@ async fn floor(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
 }
 
 fn print_report(report: &Value) {
+    let mode = match report["offered_rate"].as_f64() {
+        Some(rate) => format!("steady rate of {rate} applications/s"),
+        None => "backlog".to_owned(),
+    };
     println!(
-        "uidflow bench: {} {} applications, simulator latency {} ms, concurrency {}",
+        "uidflow bench: {} {} applications ({mode}), simulator latency {} ms, concurrency {}",
         report["applications"],
         report["mix"].as_str().unwrap_or("?"),
         report["simulator_latency_ms"],
@@ -554,7 +601,9 @@ fn print_report(report: &Value) {
             .as_f64()
             .unwrap_or(0.0)
     );
+    print_resources("uidflow", &report["resources"]);
     if report["floor"].is_object() {
+        print_resources("floor", &report["floor"]["resources"]);
         println!(
             "  floor           {:.1} applications/s ({} hops of publish+consume+transaction, {} argon2id hashes each): uidflow at {:.0} % of it",
             report["floor"]["applications_per_second"]
@@ -565,4 +614,21 @@ fn print_report(report: &Value) {
             report["ratio_to_floor"].as_f64().unwrap_or(0.0) * 100.0
         );
     }
+}
+
+fn print_resources(what: &str, usage: &Value) {
+    let cores = |k: &str| usage["cpu_cores"][k].as_f64().unwrap_or(0.0);
+    println!(
+        "  resources       {what}: CPU cores uidflow {:.2}, RabbitMQ {:.2}, PostgreSQL {:.2}; machine {} % idle, {} % I/O wait; {:.2} WAL syncs per application",
+        cores("uidflow"),
+        cores("rabbitmq"),
+        cores("postgresql"),
+        usage["machine_idle_percent"],
+        usage["machine_iowait_percent"],
+        usage["wal_syncs_per_application"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  saturated       {what}: {}",
+        usage["saturated"].as_str().unwrap_or("?")
+    );
 }

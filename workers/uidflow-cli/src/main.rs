@@ -6,6 +6,7 @@ mod bench;
 mod chaos;
 mod follow;
 mod remote;
+mod resources;
 mod status;
 mod submit;
 
