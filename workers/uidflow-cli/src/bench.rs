@@ -22,6 +22,7 @@ use uidflow::system::{self, RunOptions};
 use uidflow::topology::{APPLICATION_ROUTING_KEY, INTAKE_EXCHANGE, PHONE_CONFIRMATION_ROUTING_KEY};
 use uuid::Uuid;
 
+use crate::chaos::services::Scratch;
 use crate::resources::{Sample, own_cpu_seconds};
 
 /// What to run.
@@ -62,14 +63,14 @@ fn positive_rate(text: &str) -> Result<f64, String> {
 
 /// Runs the benchmark.
 pub async fn run(base: &Settings, args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    let scratch = Scratch::create(base).await?;
+    let scratch = Scratch::create(base, "bench", &rabbitmqctl, &[])?;
     let result = measure(&scratch, args).await;
-    scratch.drop_all().await;
+    scratch.drop_all(&rabbitmqctl).await;
     let mut report = result?;
     if args.floor {
-        let scratch = Scratch::create(base).await?;
+        let scratch = Scratch::create(base, "bench", &rabbitmqctl, &[])?;
         let floor = floor(&scratch, args).await;
-        scratch.drop_all().await;
+        scratch.drop_all(&rabbitmqctl).await;
         let floor = floor?;
         let ratio = report["applications_per_second"].as_f64().unwrap_or(0.0)
             / floor["applications_per_second"]
@@ -86,88 +87,11 @@ pub async fn run(base: &Settings, args: &BenchArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// A vhost and a database made for one measurement, removed afterwards.
-struct Scratch {
-    settings: Settings,
-    vhost: String,
-    database: String,
-}
-
-impl Scratch {
-    async fn create(base: &Settings) -> anyhow::Result<Self> {
-        use secrecy::ExposeSecret;
-        let suffix = Uuid::new_v4().simple().to_string();
-        let vhost = format!("uidflow-bench-{suffix}");
-        let database = format!("uidflow_bench_{suffix}");
-        let mut amqp = url::Url::parse(base.amqp_url.expose_secret())?;
-        let user = match amqp.username() {
-            "" => "guest".to_owned(),
-            user => user.to_owned(),
-        };
-        rabbitmqctl(&["add_vhost", &vhost])?;
-        rabbitmqctl(&["set_permissions", "-p", &vhost, &user, ".*", ".*", ".*"])?;
-        amqp.set_path(&format!("/{vhost}"));
-        let mut db = url::Url::parse(base.database_url.expose_secret())?;
-        db.set_path(&format!("/{database}"));
-        let vars: HashMap<String, String> = std::env::vars()
-            .chain([
-                ("AMQP_URL".to_owned(), amqp.to_string()),
-                ("DATABASE_URL".to_owned(), db.to_string()),
-                ("API_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
-            ])
-            .collect();
-        let settings = Settings::from_map(&vars).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Self {
-            settings,
-            vhost,
-            database,
-        })
-    }
-
-    async fn drop_all(&self) {
-        let _ = rabbitmqctl(&["delete_vhost", &self.vhost]);
-        if let Ok(admin) = uidflow::db::connect(&self.settings, 1).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
-                self.database
-            )))
-            .execute(&admin)
-            .await;
-            admin.close().await;
-        }
-        let mut maintenance = self.settings.clone();
-        let url = {
-            use secrecy::ExposeSecret;
-            let mut url = url::Url::parse(self.settings.database_url.expose_secret())
-                .expect("checked at start");
-            url.set_path("/postgres");
-            url.to_string()
-        };
-        maintenance.database_url = url.into();
-        if let Ok(admin) = uidflow::db::connect(&maintenance, 1).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.database
-            )))
-            .execute(&admin)
-            .await;
-            admin.close().await;
-        }
-    }
-}
-
-fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
-    let output = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .context("uidflow bench makes its own vhost with rabbitmqctl, which must be on the PATH (run it on the broker's machine)")?;
-    anyhow::ensure!(
-        output.status.success(),
-        "rabbitmqctl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(())
+/// `rabbitmqctl` on the broker's machine (with the suite's bound on how long it may hang).
+fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
+    crate::chaos::services::run("rabbitmqctl", args).context(
+        "uidflow bench makes its own vhost with rabbitmqctl, which must be on the PATH (run it on the broker's machine)",
+    )
 }
 
 /// A made-up valid applicant, distinct for each `n`.

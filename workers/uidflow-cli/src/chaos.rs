@@ -11,7 +11,7 @@
 
 mod accounting;
 mod faults;
-mod services;
+pub(crate) mod services;
 mod traffic;
 mod workers;
 
@@ -284,7 +284,7 @@ async fn drive(
         ("MVD_URL", Simulators::mvd_url(mvd.addr())),
         ("SMS_URL", Simulators::sms_url(sms.addr())),
     ];
-    let scratch = Scratch::create(base, services, &extra)?;
+    let scratch = Scratch::create(base, "chaos", &|args| services.rabbitmqctl(args), &extra)?;
     let settings = scratch.settings.clone();
     let pool = uidflow::system::prepare(&settings, 4).await?;
     let code_ttl = settings.phone_code_ttl;
@@ -500,7 +500,7 @@ async fn drive(
     mvd.down().await;
     sms.down().await;
     if ok && !args.keep {
-        scratch.drop_all(services).await;
+        scratch.drop_all(&|args| services.rabbitmqctl(args)).await;
     } else {
         eprintln!(
             "chaos: kept vhost {} and database {} for inspection",

@@ -220,7 +220,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
 /// the whole group after [`COMMAND_TIMEOUT`]. (`rabbitmqctl` is a shell script that starts an
 /// Erlang VM through `su`: killing only the script would leave that VM behind, holding one of
 /// the few distribution ports every rabbitmqctl on the machine needs.)
-fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     run_within(program, args, COMMAND_TIMEOUT)
 }
 
@@ -280,7 +280,8 @@ fn run_within(program: &str, args: &[&str], timeout: Duration) -> anyhow::Result
     Ok(stdout)
 }
 
-/// A vhost and a database made for one run, removed afterwards (unless kept).
+/// A vhost and a database made for one run (of `uidflow chaos` or `uidflow bench`), removed
+/// afterwards (unless kept).
 pub struct Scratch {
     /// Settings pointing at them.
     pub settings: Settings,
@@ -299,19 +300,20 @@ impl Scratch {
     /// settings naming a fresh database on the same server (created by `prepare`).
     pub fn create(
         base: &Settings,
-        services: &Services,
+        purpose: &str,
+        rabbitmqctl: &dyn Fn(&[&str]) -> anyhow::Result<String>,
         extra: &[(&str, String)],
     ) -> anyhow::Result<Self> {
         let suffix = Uuid::new_v4().simple().to_string();
-        let vhost = format!("uidflow-chaos-{suffix}");
-        let database = format!("uidflow_chaos_{suffix}");
+        let vhost = format!("uidflow-{purpose}-{suffix}");
+        let database = format!("uidflow_{purpose}_{suffix}");
         let mut amqp = url::Url::parse(base.amqp_url.expose_secret())?;
         let user = match amqp.username() {
             "" => "guest".to_owned(),
             user => user.to_owned(),
         };
-        services.rabbitmqctl(&["add_vhost", &vhost])?;
-        services.rabbitmqctl(&["set_permissions", "-p", &vhost, &user, ".*", ".*", ".*"])?;
+        rabbitmqctl(&["add_vhost", &vhost])?;
+        rabbitmqctl(&["set_permissions", "-p", &vhost, &user, ".*", ".*", ".*"])?;
         amqp.set_path(&format!("/{vhost}"));
         let mut db = url::Url::parse(base.database_url.expose_secret())?;
         db.set_path(&format!("/{database}"));
@@ -334,8 +336,8 @@ impl Scratch {
     }
 
     /// Deletes the vhost and the database.
-    pub async fn drop_all(&self, services: &Services) {
-        let _ = services.rabbitmqctl(&["delete_vhost", &self.vhost]);
+    pub async fn drop_all(&self, rabbitmqctl: &dyn Fn(&[&str]) -> anyhow::Result<String>) {
+        let _ = rabbitmqctl(&["delete_vhost", &self.vhost]);
         let mut maintenance = self.settings.clone();
         let mut url =
             url::Url::parse(self.settings.database_url.expose_secret()).expect("checked at start");
