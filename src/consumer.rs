@@ -232,14 +232,11 @@ pub fn trace_context(message: &Message) -> TraceContext {
     {
         return context;
     }
-    /// Only the one field is read; the rest of the body is skipped.
-    #[derive(serde::Deserialize)]
-    struct ApplicationIsh {
-        application_id: Option<Value>,
-    }
-    let from_body = serde_json::from_slice::<ApplicationIsh>(&message.body)
+    // Read as a whole object, like the validation does: a repeated `application_id` then
+    // counts by its last value there and here alike (a struct would refuse the duplicate).
+    let from_body = serde_json::from_slice::<serde_json::Map<String, Value>>(&message.body)
         .ok()
-        .and_then(|body| body.application_id)
+        .and_then(|mut body| body.remove("application_id"))
         .and_then(|id| id.as_str().and_then(|id| uuid::Uuid::parse_str(id).ok()));
     let from_message_id = || {
         message
@@ -292,7 +289,15 @@ mod tests {
         let other = "11111111-2222-4333-8444-555555555555";
         let body = json!({"application_id": app, "kind": "issue"}).to_string();
         let work_id = format!("{app}:register:1");
-        let cases: [Case; 7] = [
+        let repeated = format!(r#"{{"application_id": "{other}", "application_id": "{app}"}}"#);
+        let cases: [Case; 8] = [
+            (
+                "a repeated application_id counts by its last value, as in validation",
+                repeated.into_bytes(),
+                None,
+                json!({}),
+                Some(app_trace),
+            ),
             (
                 "valid header wins",
                 body.clone().into_bytes(),

@@ -575,9 +575,10 @@ fn check_masked_json(parsed: &Value, shown: &Value, key: Option<&str>) {
                 assert!(!leaks(k), "a key is shown unmasked: {k:?}");
             }
             for (k, v) in a {
-                match b.get(k) {
-                    Some(w) => check_masked_json(v, w, Some(k)),
-                    None => assert!(leaks(k), "masking changed a harmless key {k:?}"),
+                // A key that is gone was masked: `show_body` masks by shape (no checksum), so
+                // it may mask more than `leaks` finds, never less (checked above).
+                if let Some(w) = b.get(k) {
+                    check_masked_json(v, w, Some(k));
                 }
             }
         }
