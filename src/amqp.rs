@@ -62,11 +62,23 @@ pub async fn connect(settings: &Settings, role: &str) -> Result<Connection, Amqp
         })
 }
 
+/// The largest AMQP frame uidflow proposes, unless `AMQP_URL` sets `?frame_max=`. lapin keeps
+/// a send and a receive buffer of 32 frames per connection, so RabbitMQ's default of 128 KiB
+/// costs 8 MiB a connection; our messages are a few KiB, and a larger one (a parked body) is
+/// only split into more frames.
+pub const FRAME_MAX: u32 = 16 * 1024;
+
 /// Connects once, without retrying: for reconnection loops that do their own backoff.
 pub async fn connect_once(settings: &Settings, role: &str) -> Result<Connection, lapin::Error> {
     let properties =
         ConnectionProperties::default().with_connection_name(format!("uidflow-{role}").into());
-    Connection::connect(settings.amqp_url.expose_secret(), properties).await
+    let mut uri: lapin::uri::AMQPUri = settings
+        .amqp_url
+        .expose_secret()
+        .parse()
+        .map_err(|error: String| lapin::Error::from(std::io::Error::other(error)))?;
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    Connection::connect_uri(uri, properties).await
 }
 
 fn field_table(arguments: &BTreeMap<String, Arg>) -> FieldTable {
