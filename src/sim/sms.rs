@@ -117,6 +117,16 @@ impl SmsSim {
             .collect()
     }
 
+    /// The accepted messages from the `start`-th on (0-based, in acceptance order): what a
+    /// reader that has seen `start` messages has not seen yet.
+    pub fn messages_from(&self, start: usize) -> Vec<SentSms> {
+        self.outbox()
+            .messages
+            .get(start..)
+            .map(<[SentSms]>::to_vec)
+            .unwrap_or_default()
+    }
+
     fn outbox(&self) -> MutexGuard<'_, Outbox> {
         self.inner
             .outbox
@@ -272,6 +282,27 @@ mod tests {
         assert_eq!(second, json!({"message_id": id, "status": "duplicate"}));
         assert_eq!(sims.messages_to("+375291234567").len(), 1);
         assert_eq!(sims.sms_requests(), 2);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_reader_gets_only_the_messages_it_has_not_seen() {
+        let (sims, url, shutdown) = start().await;
+        for (phone, text) in [("+375291234567", "one"), ("+375331234567", "two")] {
+            let body = json!({"message_id": Uuid::new_v4(), "phone": phone, "text": text});
+            assert_eq!(send_sms(&url, &body).await.0, 202);
+        }
+        let texts = |from| -> Vec<String> {
+            sims.sms()
+                .messages_from(from)
+                .into_iter()
+                .map(|m| m.text)
+                .collect()
+        };
+        assert_eq!(texts(0), ["one", "two"]);
+        assert_eq!(texts(1), ["two"]);
+        assert!(texts(2).is_empty());
+        assert!(texts(7).is_empty());
         shutdown.cancel();
     }
 

@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// Print JSON instead of a report.
     #[arg(long)]
     pub json: bool,
+    /// Run uidflow as a separate `uidflow run` process (this binary), so that its CPU time and
+    /// peak RSS are measured apart from the bench's publisher, clerk and simulators.
+    #[arg(long)]
+    pub separate: bool,
 }
 
 fn positive_rate(text: &str) -> Result<f64, String> {
@@ -94,10 +98,12 @@ fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
     )
 }
 
-/// A made-up valid applicant, distinct for each `n`.
-fn application(n: u32, kind: &str) -> (Uuid, String, Vec<u8>) {
+/// A made-up valid applicant, distinct for each `n` below 18 million: the identification
+/// number (`uid`), the phone and the message body.
+fn applicant(n: u32, kind: &str) -> (Uuid, String, String, Vec<u8>) {
+    // 1 000 people per birthday (the 3-digit serial), birthdays over 18 000 days.
     let born = chrono::NaiveDate::from_ymd_opt(1950, 1, 1).expect("a date")
-        + chrono::Duration::days(i64::from(n % 18_000));
+        + chrono::Duration::days(i64::from(n / 1000 % 18_000));
     let century = if chrono::Datelike::year(&born) < 2000 {
         3
     } else {
@@ -105,13 +111,14 @@ fn application(n: u32, kind: &str) -> (Uuid, String, Vec<u8>) {
     };
     let first13 = format!("{century}{}B{:03}PB", born.format("%d%m%y"), n % 1000);
     let digit = uidflow::domain::check_digit(&first13).expect("valid characters");
+    let uid = format!("{first13}{digit}");
     let id = Uuid::new_v4();
     let phone = format!("+37533{:07}", n % 10_000_000);
     let mut body = json!({
         "application_id": id, "kind": kind, "submitted_at": "2026-11-23T10:00:00+03:00",
         "issuing_service": {"code": "bench-oa"},
         "applicant": {"surname": "Bench", "given_name": "Test", "patronymic": null,
-            "date_of_birth": born.format("%Y-%m-%d").to_string(), "identification_number": format!("{first13}{digit}")},
+            "date_of_birth": born.format("%Y-%m-%d").to_string(), "identification_number": uid},
         "document": {"type": "passport", "number": "MP0000001"},
         "consent_to_verification": true
     });
@@ -121,9 +128,64 @@ fn application(n: u32, kind: &str) -> (Uuid, String, Vec<u8>) {
     }
     (
         id,
+        uid,
         phone,
         serde_json::to_vec(&body).expect("JSON serialises"),
     )
+}
+
+/// The applications of a run, made batch by batch as they are published, so the bench's own
+/// memory does not grow with N: only the clerk's phone → application map is kept, and only for
+/// kinds whose phone is confirmed by a code.
+struct Applications {
+    kind: String,
+    /// For the clerk: whose code arrives at which phone.
+    phones: HashMap<String, Uuid>,
+}
+
+impl Applications {
+    fn new(kind: &str) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            phones: HashMap::new(),
+        }
+    }
+
+    /// The messages of applications `range`.
+    fn batch(&mut self, range: std::ops::Range<u32>) -> Vec<Outgoing> {
+        range
+            .map(|n| {
+                let (id, _, phone, body) = applicant(n, &self.kind);
+                if self.kind == "issue" {
+                    self.phones.insert(phone, id);
+                }
+                publish_message(APPLICATION_ROUTING_KEY, id, body)
+            })
+            .collect()
+    }
+}
+
+/// For `block`: an active UID for each of the N applicants, written before the clock starts,
+/// so every block finds one to block (and the run does every step, notification SMS included).
+async fn seed_registry(pool: &PgPool, n: u32) -> anyhow::Result<()> {
+    for start in (0..n).step_by(10_000) {
+        let (uids, phones): (Vec<String>, Vec<String>) = (start..(start + 10_000).min(n))
+            .map(|i| {
+                let (_, uid, phone, _) = applicant(i, "block");
+                (uid, phone)
+            })
+            .unzip();
+        sqlx::query(
+            "INSERT INTO uid_registry (uid, phone, status, password_temporary, issued_at, updated_at)
+             SELECT uid, phone, 'active', false, now(), now() FROM unnest($1::text[], $2::text[]) AS t (uid, phone)",
+        )
+        .bind(&uids)
+        .bind(&phones)
+        .execute(pool)
+        .await
+        .context("seeding the registry for the block applications")?;
+    }
+    Ok(())
 }
 
 fn publish_message(routing_key: &str, id: Uuid, body: Vec<u8>) -> Outgoing {
@@ -150,6 +212,131 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// uidflow's parts for the run: in this process, or a `uidflow run` child (`--separate`).
+enum Workers {
+    InProcess(Box<uidflow_cli::Running>),
+    Child(tokio::process::Child),
+}
+
+impl Workers {
+    async fn start(
+        scratch: &Scratch,
+        settings: &Settings,
+        pool: &PgPool,
+        options: &RunOptions,
+        args: &BenchArgs,
+    ) -> anyhow::Result<Self> {
+        if !args.separate {
+            let running = uidflow_cli::start(settings, pool, options, SimConfig::default()).await?;
+            return Ok(Self::InProcess(Box::new(running)));
+        }
+        let url = |u: &Option<url::Url>| u.as_ref().map(url::Url::to_string).unwrap_or_default();
+        let program = std::env::current_exe().context("where is the uidflow binary?")?;
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(["run", "--concurrency", &args.concurrency.to_string()])
+            .env("AMQP_URL", &scratch.amqp_url)
+            .env("DATABASE_URL", &scratch.database_url)
+            .env("MVD_URL", url(&settings.mvd_url))
+            .env("SMS_URL", url(&settings.sms_url))
+            .env("API_ADDR", "127.0.0.1:0")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if std::env::var_os("RUST_LOG").is_none() {
+            // As in-process: warnings and errors only.
+            command.env("RUST_LOG", "warn");
+        }
+        Ok(Self::Child(
+            command.spawn().context("cannot start `uidflow run`")?,
+        ))
+    }
+
+    /// The child's pid (`None` in-process).
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Self::InProcess(_) => None,
+            Self::Child(child) => child.id(),
+        }
+    }
+
+    /// Stops the parts; a child gets SIGTERM and 30 s to finish its in-flight work.
+    async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Self::InProcess(running) => running.system.shutdown().await,
+            Self::Child(mut child) => {
+                if let Some(pid) = child.id() {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-TERM", &pid.to_string()])
+                        .status();
+                }
+                match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+                    Ok(status) => anyhow::ensure!(
+                        status?.success(),
+                        "`uidflow run` did not end cleanly on SIGTERM"
+                    ),
+                    Err(_) => {
+                        child.kill().await?;
+                        anyhow::bail!("`uidflow run` did not stop within 30 s of SIGTERM");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits until every queue uidflow consumes has a consumer (a `--separate` child is up).
+async fn wait_for_consumers(
+    connection: &lapin::Connection,
+    settings: &Settings,
+    workers: &mut Workers,
+) -> anyhow::Result<()> {
+    let queues: Vec<String> = uidflow::topology::Topology::for_settings(settings)
+        .queues
+        .iter()
+        .filter(|q| {
+            q.name == uidflow::topology::APPLICATION_QUEUE || q.name.starts_with("uid.step.")
+        })
+        .map(|q| q.name.clone())
+        .collect();
+    let channel = connection.create_channel().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Workers::Child(child) = workers
+            && let Some(status) = child.try_wait()?
+        {
+            anyhow::bail!("`uidflow run` ended before it consumed anything ({status})");
+        }
+        let mut waiting = 0;
+        for queue in &queues {
+            let declared = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await?;
+            if declared.consumer_count() == 0 {
+                waiting += 1;
+            }
+        }
+        if waiting == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{waiting} of uidflow's queues still have no consumer after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = channel.close(200, "ready".into()).await;
+    Ok(())
+}
+
 async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
     let token = tokio_util::sync::CancellationToken::new();
     let faults = Faults {
@@ -167,41 +354,47 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
     let mut settings = scratch.settings.clone();
     settings.mvd_url = Some(uidflow::sim::Simulators::mvd_url(addr).parse()?);
     settings.sms_url = Some(uidflow::sim::Simulators::sms_url(addr).parse()?);
-    let connections = u32::from(args.concurrency).saturating_mul(3).clamp(8, 90);
+    // A separate `uidflow run` sizes its own pool; the bench then needs only a few.
+    let connections = if args.separate {
+        4
+    } else {
+        u32::from(args.concurrency).saturating_mul(3).clamp(8, 90)
+    };
     let pool = system::prepare(&settings, connections).await?;
+    let n = args.applications;
+    if args.mix == "block" {
+        seed_registry(&pool, n).await?;
+    }
 
     let connection = uidflow::amqp::connect(&settings, "bench").await?;
     let publisher = Publisher::open(&connection).await?;
-    let n = args.applications;
-    let mut phones: HashMap<String, Uuid> = HashMap::new();
-    let mut messages = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let (id, phone, body) = application(i, &args.mix);
-        phones.insert(phone, id);
-        messages.push(publish_message(APPLICATION_ROUTING_KEY, id, body));
-    }
+    let mut applications = Applications::new(&args.mix);
     let options = RunOptions {
         concurrency: args.concurrency,
         parts: RunOptions::default().parts,
         ..RunOptions::default()
     };
-    let mut running = None;
+    let mut workers = None;
     let mut paced = None;
     match args.rate {
         // Backlog: everything is queued before any part starts.
         None => {
             let publishing = bar(u64::from(n), "publish");
-            for batch in messages.chunks(500) {
-                publisher.publish_all(batch).await?;
+            for start in (0..n).step_by(500) {
+                let batch = applications.batch(start..(start + 500).min(n));
+                publisher.publish_all(&batch).await?;
                 publishing.inc(batch.len() as u64);
             }
             publishing.finish();
         }
         // Steady rate: the parts run first; applications arrive at `rate` per second, in a
-        // batch every 20 ms, from a task of their own.
+        // batch every 20 ms, from a task of their own. They are made beforehand (the clerk
+        // needs their phones), so rate runs keep N in memory.
         Some(rate) => {
-            running =
-                Some(uidflow_cli::start(&settings, &pool, &options, SimConfig::default()).await?);
+            let mut started = Workers::start(scratch, &settings, &pool, &options, args).await?;
+            wait_for_consumers(&connection, &settings, &mut started).await?;
+            workers = Some(started);
+            let messages = applications.batch(0..n);
             let publisher = publisher.clone();
             paced = Some(tokio::spawn(async move {
                 let tick = Duration::from_millis(20);
@@ -220,21 +413,31 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
             }));
         }
     }
+    let phones = applications.phones;
 
     let before = db_commits(&pool).await?;
-    let resources = Sample::take(&pool).await;
     let (cpu_before, started) = (own_cpu_seconds(), Instant::now());
-    let running = match running {
-        Some(running) => running,
-        None => uidflow_cli::start(&settings, &pool, &options, SimConfig::default()).await?,
+    let (workers, resources) = match workers {
+        Some(workers) => {
+            let resources = Sample::take(&pool, workers.pid()).await;
+            (workers, resources)
+        }
+        None => {
+            let workers = Workers::start(scratch, &settings, &pool, &options, args).await?;
+            // The sample follows the spawn: a child's first milliseconds of start-up are not
+            // counted, whereas in-process start-up is (it runs on after the sample).
+            let resources = Sample::take(&pool, workers.pid()).await;
+            (workers, resources)
+        }
     };
     let draining = bar(u64::from(n), "drain");
     let mut seen_sms = 0;
     loop {
         // The clerk: type back every new code as soon as the SMS simulator has it.
-        let messages = sim.sms().messages(None);
+        let messages = sim.sms().messages_from(seen_sms);
+        seen_sms += messages.len();
         let mut confirmations = Vec::new();
-        for message in &messages[seen_sms..] {
+        for message in &messages {
             if let (Some(code), Some(id)) = (
                 uidflow::sms::texts::code_in(&message.text),
                 phones.get(&message.phone),
@@ -243,7 +446,6 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
                 confirmations.push(publish_message(PHONE_CONFIRMATION_ROUTING_KEY, *id, body));
             }
         }
-        seen_sms = messages.len();
         if !confirmations.is_empty() {
             publisher.publish_all(&confirmations).await?;
         }
@@ -256,6 +458,12 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
         if ended >= i64::from(n) {
             break;
         }
+        if let Some(pid) = workers.pid() {
+            anyhow::ensure!(
+                std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                "`uidflow run` (pid {pid}) ended during the run"
+            );
+        }
         // The clerk's and the progress bar's pace.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -265,13 +473,21 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
         None => None,
     };
     let cpu = own_cpu_seconds() - cpu_before;
-    let usage = resources.usage(&Sample::take(&pool).await, elapsed.as_secs_f64(), n);
+    let usage = resources.usage(
+        &Sample::take(&pool, workers.pid()).await,
+        elapsed.as_secs_f64(),
+        n,
+    );
+    let child = workers
+        .pid()
+        .map(|pid| json!({"pid": pid, "peak_rss_mib": peak_rss_mib(&pid.to_string())}));
     draining.finish();
-    running.system.shutdown().await;
+    workers.stop().await?;
     token.cancel();
     let _ = connection.close(200, "bench done".into()).await;
 
     let commits = db_commits(&pool).await? - before;
+    // In-process, the parts' publishes are counted here; a child's are its own.
     let published: u64 = uidflow::topology::Topology::for_settings(&settings)
         .queues
         .iter()
@@ -294,11 +510,12 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
         "applications_per_second": f64::from(n) / elapsed.as_secs_f64(),
         "outcomes": outcomes.into_iter().collect::<HashMap<_, _>>(),
         "latency_ms": latencies(&pool).await?,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib("self"),
+        "uidflow_process": child,
         "cpu_seconds": cpu,
         "resources": usage,
         "db_transactions_per_application": commits as f64 / f64::from(n),
-        "broker_publishes_per_application": published as f64 / f64::from(n),
+        "broker_publishes_per_application": if args.separate { None } else { Some(published as f64 / f64::from(n)) },
     });
     pool.close().await;
     Ok(report)
@@ -344,8 +561,9 @@ async fn db_commits(pool: &PgPool) -> anyhow::Result<i64> {
     .await?)
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Peak resident memory (`VmHWM`) of process `pid` (`self` for this one), in MiB.
+fn peak_rss_mib(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -409,7 +627,7 @@ async fn floor(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
         mandatory: true,
         expiration_ms: None,
     };
-    let resources = Sample::take(&pool).await;
+    let resources = Sample::take(&pool, None).await;
     let started = Instant::now();
     for start in (0..n).step_by(500) {
         let batch: Vec<Outgoing> = (start..(start + 500).min(n))
@@ -467,7 +685,7 @@ async fn floor(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
     }
     progress.finish();
     let elapsed = started.elapsed();
-    let usage = resources.usage(&Sample::take(&pool).await, elapsed.as_secs_f64(), n);
+    let usage = resources.usage(&Sample::take(&pool, None).await, elapsed.as_secs_f64(), n);
     let _ = connection.close(200, "floor done".into()).await;
     pool.close().await;
     Ok(json!({
@@ -511,20 +729,23 @@ fn print_report(report: &Value) {
             f("max")
         );
     }
-    println!(
-        "  peak RSS        {:.1} MiB   CPU {:.1} s",
-        report["peak_rss_mib"].as_f64().unwrap_or(0.0),
-        report["cpu_seconds"].as_f64().unwrap_or(0.0)
-    );
-    println!(
-        "  per application {:.1} database transactions, {:.1} broker publishes by uidflow",
-        report["db_transactions_per_application"]
-            .as_f64()
-            .unwrap_or(0.0),
-        report["broker_publishes_per_application"]
-            .as_f64()
-            .unwrap_or(0.0)
-    );
+    let bench_rss = report["peak_rss_mib"].as_f64().unwrap_or(0.0);
+    let cpu = report["cpu_seconds"].as_f64().unwrap_or(0.0);
+    match report["uidflow_process"]["peak_rss_mib"].as_f64() {
+        Some(child) => println!(
+            "  peak RSS        uidflow run {child:.1} MiB; the bench (publisher, clerk, simulators) {bench_rss:.1} MiB, CPU {cpu:.1} s"
+        ),
+        None => println!("  peak RSS        {bench_rss:.1} MiB   CPU {cpu:.1} s"),
+    }
+    let transactions = report["db_transactions_per_application"]
+        .as_f64()
+        .unwrap_or(0.0);
+    match report["broker_publishes_per_application"].as_f64() {
+        Some(publishes) => println!(
+            "  per application {transactions:.1} database transactions, {publishes:.1} broker publishes by uidflow"
+        ),
+        None => println!("  per application {transactions:.1} database transactions"),
+    }
     print_resources("uidflow", &report["resources"]);
     if report["floor"].is_object() {
         print_resources("floor", &report["floor"]["resources"]);
@@ -542,8 +763,12 @@ fn print_report(report: &Value) {
 
 fn print_resources(what: &str, usage: &Value) {
     let cores = |k: &str| usage["cpu_cores"][k].as_f64().unwrap_or(0.0);
+    let driver = usage["cpu_cores"]["bench_driver"]
+        .as_f64()
+        .map(|c| format!(" (bench driver {c:.2})"))
+        .unwrap_or_default();
     println!(
-        "  resources       {what}: CPU cores uidflow {:.2}, RabbitMQ {:.2}, PostgreSQL {:.2}; machine {} % idle, {} % I/O wait; {:.2} WAL syncs per application",
+        "  resources       {what}: CPU cores uidflow {:.2}{driver}, RabbitMQ {:.2}, PostgreSQL {:.2}; machine {} % idle, {} % I/O wait; {:.2} WAL syncs per application",
         cores("uidflow"),
         cores("rabbitmq"),
         cores("postgresql"),

@@ -11,7 +11,10 @@ const TICKS: f64 = 100.0;
 /// One sample.
 #[derive(Debug, Clone, Default)]
 pub struct Sample {
+    /// uidflow's process: this one, or the `uidflow run` child when there is one.
     uidflow: f64,
+    /// This process when uidflow is a child (the bench's publisher, clerk and simulators).
+    driver: Option<f64>,
     rabbitmq: f64,
     postgresql: f64,
     machine_busy: f64,
@@ -38,11 +41,18 @@ pub fn own_cpu_seconds() -> f64 {
 }
 
 impl Sample {
-    /// Reads `/proc` and `pg_stat_wal` now.
-    pub async fn take(pool: &PgPool) -> Self {
-        let mut sample = Sample {
-            uidflow: own_cpu_seconds(),
-            ..Sample::default()
+    /// Reads `/proc` and `pg_stat_wal` now. uidflow is process `child` if given, else this one.
+    pub async fn take(pool: &PgPool, child: Option<u32>) -> Self {
+        let mut sample = match child {
+            None => Sample {
+                uidflow: own_cpu_seconds(),
+                ..Sample::default()
+            },
+            Some(pid) => Sample {
+                uidflow: process_cpu(&pid.to_string()).map_or(0.0, |(_, s)| s),
+                driver: Some(own_cpu_seconds()),
+                ..Sample::default()
+            },
         };
         let own = std::process::id().to_string();
         if let Ok(entries) = std::fs::read_dir("/proc") {
@@ -123,8 +133,13 @@ impl Sample {
             )
         };
         let per_app = |a: i64, b: i64| (b - a) as f64 / f64::from(n.max(1));
+        let mut cpu_cores =
+            json!({"uidflow": parts[0].1, "rabbitmq": parts[1].1, "postgresql": parts[2].1});
+        if let (Some(a), Some(b)) = (self.driver, later.driver) {
+            cpu_cores["bench_driver"] = json!(cores(a, b));
+        }
         json!({
-            "cpu_cores": {"uidflow": parts[0].1, "rabbitmq": parts[1].1, "postgresql": parts[2].1},
+            "cpu_cores": cpu_cores,
             "machine_idle_percent": idle,
             "machine_iowait_percent": iowait,
             "wal_syncs_per_application": per_app(self.wal_syncs, later.wal_syncs),
