@@ -31,6 +31,10 @@ use crate::trace::TRACEPARENT;
 pub const CHANNEL: &str = "uidflow_outbox";
 /// Rows published per round.
 pub const BATCH: i64 = 200;
+/// Relays per process. While one waits for the broker's confirms, another takes the rows
+/// committed meanwhile (`SKIP LOCKED` keeps their batches apart), so a row waits for at most
+/// part of a round instead of a whole one.
+pub const RELAYS: usize = 2;
 /// The relay looks for due rows at least this often, even without a notification.
 pub const POLL: Duration = Duration::from_millis(500);
 
@@ -162,6 +166,13 @@ pub async fn relay_once(
     limit: i64,
 ) -> Result<usize, RelayError> {
     let mut tx = pool.begin().await.map_err(RelayError::Database)?;
+    // The delete need not wait for its WAL flush: if it is lost in a crash, the rows are
+    // published again, which a crash between confirm and delete does anyway (at-least-once).
+    // This takes an fsync off every round.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await
+        .map_err(RelayError::Database)?;
     let rows = sqlx::query(
         "SELECT id, exchange, routing_key, message_id, content_type, headers, body, mandatory, expiration_ms
          FROM outbox WHERE not_before <= now() ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",

@@ -196,7 +196,10 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> anyhow
                 tasks.spawn(intake::run(settings, pool, prefetch, stats, crash, token));
             }
             Part::Outbox => {
-                tasks.spawn(outbox::run_relay(settings, pool, token));
+                for _ in 0..outbox::RELAYS {
+                    let (settings, pool, token) = (settings.clone(), pool.clone(), token.clone());
+                    tasks.spawn(outbox::run_relay(settings, pool, token));
+                }
             }
             Part::DeadLetterKeeper => {
                 tasks.spawn(dead_letters::run_keeper(settings, pool, token));
