@@ -144,20 +144,13 @@ pub async fn transition_and_send(
     .await?;
     let previous =
         Status::parse(row.get("previous")).expect("the status column holds contract statuses");
-    let kind: Option<String> = row.get("kind");
-    ::metrics::counter!(crate::telemetry::metrics::STATUS_CHANGES_TOTAL, "status" => to.as_str())
-        .increment(1);
-    if to.is_final() {
-        let created_at: DateTime<Utc> = row.get("created_at");
-        let age = (Utc::now() - created_at).to_std().unwrap_or_default();
-        ::metrics::histogram!(crate::telemetry::metrics::APPLICATION_DURATION_SECONDS,
-            "kind" => kind.clone().unwrap_or_else(|| "unknown".into()), "status" => to.as_str())
-        .record(age.as_secs_f64());
-    }
+    let kind = row.get::<Option<String>, _>("kind");
+    let kind = kind.as_deref().and_then(Kind::parse);
+    count_change(to, kind, row.get("created_at"));
     let event = StatusEvent {
         event_id: Uuid::new_v4(),
         application_id,
-        kind: kind.as_deref().and_then(Kind::parse),
+        kind,
         issuing_service: row.get("issuing_service"),
         status: to,
         previous_status: Some(previous),
@@ -165,11 +158,84 @@ pub async fn transition_and_send(
         reason: reason.cloned(),
         at: Utc::now(),
     };
-    let mut messages = Vec::with_capacity(1 + also.len());
-    messages.push(event_message(&event));
-    messages.extend_from_slice(also);
-    outbox::enqueue_all(conn, &messages).await?;
+    outbox::enqueue_all(conn, &with_event(&event, also)).await?;
     Ok(previous)
+}
+
+/// A step's commit in one statement, for an application the caller holds locked (`locked` is
+/// what it read under the lock, so the event's previous status, kind and service are known
+/// before the statement): the status change and its history row, the step's ledger row (when
+/// the attempt records one), and the outbox rows — the status event, then `also`.
+pub async fn change_locked(
+    conn: &mut PgConnection,
+    locked: &Loaded,
+    to: Status,
+    step: &str,
+    reason: Option<&Reason>,
+    also: &[Outgoing],
+    ledger: Option<&Value>,
+) -> sqlx::Result<()> {
+    let event = StatusEvent {
+        event_id: Uuid::new_v4(),
+        application_id: locked.application_id,
+        kind: Some(locked.kind),
+        issuing_service: locked.issuing_service.clone(),
+        status: to,
+        previous_status: Some(locked.status),
+        step: step.to_owned(),
+        reason: reason.cloned(),
+        at: Utc::now(),
+    };
+    let reason_json = reason
+        .map(|r| crate::db::pg_safe_json(&serde_json::to_value(r).expect("a reason serialises")));
+    let sql = format!(
+        "WITH changed AS (
+             UPDATE applications SET status = $9, reason = $10, updated_at = clock_timestamp()
+             WHERE application_id = $11 RETURNING application_id, created_at),
+         history AS (
+             INSERT INTO application_history (application_id, status, step, detail)
+             SELECT application_id, $9, $12, $13 FROM changed),
+         ledger AS (
+             INSERT INTO step_ledger (application_id, step, outcome)
+             SELECT application_id, $12, $14 FROM changed WHERE $14::jsonb IS NOT NULL),
+         sent AS (
+             INSERT INTO outbox {rows})
+         SELECT created_at FROM changed",
+        rows = outbox::INSERT_ROWS
+    );
+    let created_at: DateTime<Utc> = outbox::Rows::of(&with_event(&event, also))
+        .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+        .bind(to.as_str())
+        .bind(&reason_json)
+        .bind(locked.application_id)
+        .bind(step)
+        .bind(reason.map(|r| crate::db::pg_safe_text(&r.detail)))
+        .bind(ledger)
+        .fetch_one(&mut *conn)
+        .await?
+        .get("created_at");
+    count_change(to, Some(locked.kind), created_at);
+    Ok(())
+}
+
+/// The status event's message first, then `also`.
+fn with_event(event: &StatusEvent, also: &[Outgoing]) -> Vec<Outgoing> {
+    let mut messages = Vec::with_capacity(1 + also.len());
+    messages.push(event_message(event));
+    messages.extend_from_slice(also);
+    messages
+}
+
+/// The status-change metrics: changes per status, and how long an application took to end.
+fn count_change(to: Status, kind: Option<Kind>, created_at: DateTime<Utc>) {
+    ::metrics::counter!(crate::telemetry::metrics::STATUS_CHANGES_TOTAL, "status" => to.as_str())
+        .increment(1);
+    if to.is_final() {
+        let age = (Utc::now() - created_at).to_std().unwrap_or_default();
+        ::metrics::histogram!(crate::telemetry::metrics::APPLICATION_DURATION_SECONDS,
+            "kind" => kind.map_or("unknown", Kind::as_str), "status" => to.as_str())
+        .record(age.as_secs_f64());
+    }
 }
 
 async fn enqueue_event(conn: &mut PgConnection, event: &StatusEvent) -> sqlx::Result<()> {

@@ -50,43 +50,80 @@ pub async fn enqueue_all(conn: &mut PgConnection, messages: &[Outgoing]) -> sqlx
     if messages.is_empty() {
         return Ok(());
     }
-    let traceparent = crate::trace::outgoing();
-    let column = |f: &dyn Fn(&Outgoing) -> Option<String>| -> Vec<Option<String>> {
-        messages.iter().map(f).collect()
-    };
-    let exchanges = column(&|m| Some(m.exchange.clone()));
-    let safe = |text: Option<&str>| text.map(|t| crate::db::pg_safe_text(t).into_owned());
-    let routing_keys = column(&|m| safe(Some(&m.routing_key)));
-    let message_ids = column(&|m| safe(m.message_id.as_deref()));
-    let content_types = column(&|m| safe(m.content_type.as_deref()));
-    let headers: Vec<Value> = messages
-        .iter()
-        .map(|m| crate::db::pg_safe_json(&with_traceparent(&m.headers, traceparent.clone())))
-        .collect();
-    let bodies: Vec<&[u8]> = messages.iter().map(|m| m.body.as_slice()).collect();
-    let mandatory: Vec<bool> = messages.iter().map(|m| m.mandatory).collect();
-    let expirations: Vec<Option<i64>> = messages
-        .iter()
-        .map(|m| {
-            m.expiration_ms
-                .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX))
-        })
-        .collect();
-    sqlx::query(
-        "INSERT INTO outbox (exchange, routing_key, message_id, content_type, headers, body, mandatory, expiration_ms)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[], $7::bool[], $8::int8[])",
-    )
-    .bind(exchanges)
-    .bind(routing_keys)
-    .bind(message_ids)
-    .bind(content_types)
-    .bind(headers)
-    .bind(bodies)
-    .bind(mandatory)
-    .bind(expirations)
-    .execute(&mut *conn)
-    .await?;
+    let sql = format!("INSERT INTO outbox {INSERT_ROWS}");
+    Rows::of(messages)
+        .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+        .execute(&mut *conn)
+        .await?;
     Ok(())
+}
+
+/// The columns and rows of an outbox insert, from parameters `$1`–`$8` bound by [`Rows::bind`]
+/// (a statement may use it in a CTE and number its own parameters from `$9`).
+pub(crate) const INSERT_ROWS: &str = "(exchange, routing_key, message_id, content_type, headers, body, mandatory, expiration_ms)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[], $7::bool[], $8::int8[])";
+
+/// Outbox rows as the eight column arrays of [`INSERT_ROWS`]. Inside a delivery's trace, a
+/// message without a `traceparent` header gets one.
+pub(crate) struct Rows {
+    exchanges: Vec<String>,
+    routing_keys: Vec<String>,
+    message_ids: Vec<Option<String>>,
+    content_types: Vec<Option<String>>,
+    headers: Vec<Value>,
+    bodies: Vec<Vec<u8>>,
+    mandatory: Vec<bool>,
+    expirations: Vec<Option<i64>>,
+}
+
+impl Rows {
+    pub(crate) fn of(messages: &[Outgoing]) -> Self {
+        let traceparent = crate::trace::outgoing();
+        let safe = |text: &str| crate::db::pg_safe_text(text).into_owned();
+        Rows {
+            exchanges: messages.iter().map(|m| m.exchange.clone()).collect(),
+            routing_keys: messages.iter().map(|m| safe(&m.routing_key)).collect(),
+            message_ids: messages
+                .iter()
+                .map(|m| m.message_id.as_deref().map(safe))
+                .collect(),
+            content_types: messages
+                .iter()
+                .map(|m| m.content_type.as_deref().map(safe))
+                .collect(),
+            headers: messages
+                .iter()
+                .map(|m| {
+                    crate::db::pg_safe_json(&with_traceparent(&m.headers, traceparent.clone()))
+                })
+                .collect(),
+            bodies: messages.iter().map(|m| m.body.clone()).collect(),
+            mandatory: messages.iter().map(|m| m.mandatory).collect(),
+            expirations: messages
+                .iter()
+                .map(|m| {
+                    m.expiration_ms
+                        .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX))
+                })
+                .collect(),
+        }
+    }
+
+    /// Binds the arrays as the query's first eight parameters.
+    pub(crate) fn bind<'q>(
+        self,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.exchanges)
+            .bind(self.routing_keys)
+            .bind(self.message_ids)
+            .bind(self.content_types)
+            .bind(self.headers)
+            .bind(self.bodies)
+            .bind(self.mandatory)
+            .bind(self.expirations)
+    }
 }
 
 /// Relays running in this process.

@@ -484,27 +484,49 @@ async fn apply(
     step: &'static str,
     outcome: &Outcome,
 ) -> sqlx::Result<&'static str> {
-    let id = application.application_id;
-    if item.purpose.is_run() {
-        let recorded = serde_json::json!({"outcome": outcome.label()});
+    let ledger = item
+        .purpose
+        .is_run()
+        .then(|| serde_json::json!({"outcome": outcome.label()}));
+    let ledger = ledger.as_ref();
+    match outcome {
+        Outcome::Next => hand_off_recording(tx, application, step, ledger).await?,
+        Outcome::Waiting(status) if *status != application.status => {
+            applications::change_locked(tx, application, *status, step, None, &[], ledger).await?;
+        }
+        Outcome::Rejected(reason) => {
+            applications::change_locked(
+                tx,
+                application,
+                Status::Rejected,
+                step,
+                Some(reason),
+                &[],
+                ledger,
+            )
+            .await?;
+        }
+        Outcome::Waiting(_) | Outcome::Nothing => record(tx, application, step, ledger).await?,
+    }
+    Ok(outcome.label())
+}
+
+/// The step's ledger row, in a statement of its own (when no status change carries it).
+async fn record(
+    tx: &mut PgConnection,
+    application: &Loaded,
+    step: &str,
+    ledger: Option<&serde_json::Value>,
+) -> sqlx::Result<()> {
+    if let Some(outcome) = ledger {
         sqlx::query("INSERT INTO step_ledger (application_id, step, outcome) VALUES ($1, $2, $3)")
-            .bind(id)
+            .bind(application.application_id)
             .bind(step)
-            .bind(recorded)
+            .bind(outcome)
             .execute(&mut *tx)
             .await?;
     }
-    match outcome {
-        Outcome::Next => hand_off(tx, application, step).await?,
-        Outcome::Waiting(status) if *status != application.status => {
-            applications::transition(tx, id, *status, step, None, None).await?;
-        }
-        Outcome::Rejected(reason) => {
-            applications::transition(tx, id, Status::Rejected, step, Some(reason), None).await?;
-        }
-        Outcome::Waiting(_) | Outcome::Nothing => {}
-    }
-    Ok(outcome.label())
+    Ok(())
 }
 
 async fn ledger_has(
@@ -521,32 +543,33 @@ async fn ledger_has(
     .await
 }
 
-/// Moves an application past `step`: the next step's status and work item, or `completed`.
+/// Moves an application, locked by the caller, past `step`: the next step's status and work
+/// item, or `completed`.
 pub async fn hand_off(tx: &mut PgConnection, application: &Loaded, step: &str) -> sqlx::Result<()> {
-    let id = application.application_id;
-    match route::next(application.kind, step) {
+    hand_off_recording(tx, application, step, None).await
+}
+
+/// [`hand_off`], with the step's ledger row in the same statement as the status change.
+async fn hand_off_recording(
+    tx: &mut PgConnection,
+    application: &Loaded,
+    step: &str,
+    ledger: Option<&serde_json::Value>,
+) -> sqlx::Result<()> {
+    let (to, also) = match route::next(application.kind, step) {
         Next::Step { step: next, status } => {
-            let work = work_message(&WorkItem::first(id, next), None);
+            let work = work_message(&WorkItem::first(application.application_id, next), None);
             match status.filter(|s| *s != application.status) {
-                Some(status) => applications::transition_and_send(
-                    tx,
-                    id,
-                    status,
-                    step,
-                    None,
-                    None,
-                    std::slice::from_ref(&work),
-                )
-                .await
-                .map(drop),
-                None => outbox::enqueue(tx, &work).await,
+                Some(status) => (status, vec![work]),
+                None => {
+                    record(tx, application, step, ledger).await?;
+                    return outbox::enqueue(tx, &work).await;
+                }
             }
         }
-        Next::Done => {
-            applications::transition(tx, id, Status::Completed, step, None, None).await?;
-            Ok(())
-        }
-    }
+        Next::Done => (Status::Completed, vec![]),
+    };
+    applications::change_locked(tx, application, to, step, None, &also, ledger).await
 }
 
 async fn park(
