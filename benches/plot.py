@@ -35,7 +35,8 @@ def main() -> int:
                 report["applications"],
                 report["applications_per_second"],
                 report["latency_ms"]["end_to_end"]["p99"] / 1000.0,
-                report.get("peak_rss_mib"),
+                # uidflow's own process with --separate, else the bench process.
+                (report.get("uidflow_process") or {}).get("peak_rss_mib", report.get("peak_rss_mib")),
                 report["mix"],
             )
         )
@@ -59,7 +60,7 @@ def main() -> int:
     for size, rate, _, rss, _ in points:
         if rss:
             throughput.annotate(f"{rss:.0f} MiB", (size, rate), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
-    throughput.set_title(f"uidflow bench, {', '.join(mixes)} mix, backlog mode (labels: peak RSS)")
+    throughput.set_title(f"uidflow bench, {', '.join(mixes)} mix, backlog mode (labels: peak RSS of uidflow)")
     fig.tight_layout()
     fig.savefig(args.output, dpi=110)
     print(f"wrote {args.output} ({len(points)} points)")
