@@ -286,6 +286,71 @@ impl Workers {
     }
 }
 
+/// How many applications have ended, counted from their final status events on `uid.events`
+/// (`application.completed`, `.rejected`, `.failed`) through an exclusive queue of the
+/// bench's own: a count that costs the database nothing, whatever N. An event published twice
+/// (at-least-once) counts once.
+async fn count_ended(
+    connection: &lapin::Connection,
+) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicUsize>> {
+    use futures_lite::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    let channel = connection.create_channel().await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await?;
+    for status in ["completed", "rejected", "failed"] {
+        channel
+            .queue_bind(
+                queue.name().as_str().into(),
+                uidflow::topology::EVENTS_EXCHANGE.into(),
+                format!("application.{status}").as_str().into(),
+                QueueBindOptions::default(),
+                Default::default(),
+            )
+            .await?;
+    }
+    let mut events = channel
+        .basic_consume(
+            queue.name().as_str().into(),
+            "bench-ended".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await?;
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = ended.clone();
+    tokio::spawn(async move {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(Ok(event)) = events.next().await {
+            let id = serde_json::from_slice::<Value>(&event.data)
+                .ok()
+                .and_then(|e| {
+                    e["application_id"]
+                        .as_str()
+                        .and_then(|i| i.parse::<Uuid>().ok())
+                });
+            if let Some(id) = id {
+                seen.insert(id);
+                count.store(seen.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        drop(channel);
+    });
+    Ok(ended)
+}
+
 /// Waits until every queue uidflow consumes has a consumer (a `--separate` child is up).
 async fn wait_for_consumers(
     connection: &lapin::Connection,
@@ -368,6 +433,7 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
 
     let connection = uidflow::amqp::connect(&settings, "bench").await?;
     let publisher = Publisher::open(&connection).await?;
+    let ended_events = count_ended(&connection).await?;
     let mut applications = Applications::new(&args.mix);
     let options = RunOptions {
         concurrency: args.concurrency,
@@ -432,11 +498,6 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
     };
     let draining = bar(u64::from(n), "drain");
     let mut seen_sms = 0;
-    // How often the count of ended applications is read: a `count(*)` costs PostgreSQL work
-    // that is not uidflow's, so not at the clerk's pace. The run's end time is the last
-    // ended application's history row, not when this loop noticed.
-    let count_every = Duration::from_millis(200);
-    let mut counted = Instant::now();
     loop {
         // The clerk: type back every new code as soon as the SMS simulator has it.
         let messages = sim.sms().messages_from(seen_sms);
@@ -454,17 +515,10 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
         if !confirmations.is_empty() {
             publisher.publish_all(&confirmations).await?;
         }
-        if counted.elapsed() >= count_every {
-            counted = Instant::now();
-            let ended: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM applications WHERE status IN ('completed', 'rejected', 'failed')",
-            )
-            .fetch_one(&pool)
-            .await?;
-            draining.set_position(ended as u64);
-            if ended >= i64::from(n) {
-                break;
-            }
+        let ended = ended_events.load(std::sync::atomic::Ordering::Relaxed);
+        draining.set_position(ended as u64);
+        if ended >= n as usize {
+            break;
         }
         if let Some(pid) = workers.pid() {
             anyhow::ensure!(
@@ -476,6 +530,16 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let noticed = started.elapsed();
+    // The events said so; the table must agree.
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM applications WHERE status IN ('completed', 'rejected', 'failed')",
+    )
+    .fetch_one(&pool)
+    .await?;
+    anyhow::ensure!(
+        ended == i64::from(n),
+        "{n} final status events arrived but {ended} applications have ended"
+    );
     let last_ended: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
         "SELECT max(at) FROM application_history WHERE status IN ('completed', 'rejected', 'failed')",
     )
