@@ -1,8 +1,10 @@
 //! The status table and its history: recording an application, changing its status, and
 //! reading it back as a clerk sees it (CONTRACT §3, masked).
 //!
-//! Every status change goes through [`transition`] (or [`insert_received`] for the first),
-//! which writes the history row and enqueues the status event in the caller's transaction.
+//! Every status change goes through [`transition`] (or [`insert_received`] for the first, or
+//! [`change_locked`] for a step's commit, which knows the locked row and so does it all in one
+//! statement), which writes the history row and enqueues the status event in the caller's
+//! transaction.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

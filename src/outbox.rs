@@ -7,7 +7,8 @@
 //! which defeats group commit; measured, it cost four WAL flushes per application instead of
 //! one.) A commit that forgets to wake is still published within [`POLL`]. [`run_relay`] publishes due rows in id order with publisher confirms and
 //! deletes a row only after the broker confirmed it, in the same transaction that locked it
-//! (`FOR UPDATE SKIP LOCKED`, so relays in several processes share the work). A crash after the
+//! (`FOR UPDATE SKIP LOCKED`, so the [`RELAYS`] of each process, and those of other processes,
+//! share the work; the delete commits without waiting for its fsync). A crash after the
 //! confirm and before the delete publishes the row again: delivery is at-least-once, and every
 //! consumer deduplicates (intake by content, steps by their ledger, events by `event_id`).
 //! A refused publish (nack, unroutable, full queue) stays in the table and is retried later.

@@ -11,7 +11,9 @@ fn bench(args: &[&str]) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_uidflow"))
         .arg("bench")
         .args(args)
-        .arg("--json")
+        // Few deliveries in flight, so few database connections: the two tests run at once,
+        // and each of their pools may grow to 3 × concurrency (PostgreSQL allows 100).
+        .args(["--json", "--concurrency", "4"])
         // Cheap argon2: the code paths are the same, the cost is not the point.
         .env("ARGON2_MEMORY_KIB", "1024")
         .env("ARGON2_ITERATIONS", "1")
@@ -54,6 +56,8 @@ fn a_block_run_with_its_floor_completes_every_application_and_reports_the_ratio(
         / report["floor"]["applications_per_second"].as_f64().unwrap();
     assert!((ratio - expected).abs() < 1e-9, "{ratio} vs {expected}");
     assert!(report["uidflow_process"].is_null(), "in-process by default");
+    // Per block: 5 status events (received … completed) and 3 work items.
+    assert_eq!(report["broker_publishes_per_application"], 8.0);
 }
 
 #[test]
