@@ -98,9 +98,9 @@ fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
     )
 }
 
-/// A made-up valid applicant, distinct for each `n` below 18 million: the identification
-/// number (`uid`), the phone and the message body.
-fn applicant(n: u32, kind: &str) -> (Uuid, String, String, Vec<u8>) {
+/// A made-up person, distinct for each `n` below 18 million: birthday, identification number
+/// (= the UID) and phone.
+fn person(n: u32) -> (chrono::NaiveDate, String, String) {
     // 1 000 people per birthday (the 3-digit serial), birthdays over 18 000 days.
     let born = chrono::NaiveDate::from_ymd_opt(1950, 1, 1).expect("a date")
         + chrono::Duration::days(i64::from(n / 1000 % 18_000));
@@ -111,9 +111,14 @@ fn applicant(n: u32, kind: &str) -> (Uuid, String, String, Vec<u8>) {
     };
     let first13 = format!("{century}{}B{:03}PB", born.format("%d%m%y"), n % 1000);
     let digit = uidflow::domain::check_digit(&first13).expect("valid characters");
-    let uid = format!("{first13}{digit}");
-    let id = Uuid::new_v4();
     let phone = format!("+37533{:07}", n % 10_000_000);
+    (born, format!("{first13}{digit}"), phone)
+}
+
+/// The application of person `n` of a `kind`: its id, the phone and the message body.
+fn applicant(n: u32, kind: &str) -> (Uuid, String, Vec<u8>) {
+    let (born, uid, phone) = person(n);
+    let id = Uuid::new_v4();
     let mut body = json!({
         "application_id": id, "kind": kind, "submitted_at": "2026-11-23T10:00:00+03:00",
         "issuing_service": {"code": "bench-oa"},
@@ -128,7 +133,6 @@ fn applicant(n: u32, kind: &str) -> (Uuid, String, String, Vec<u8>) {
     }
     (
         id,
-        uid,
         phone,
         serde_json::to_vec(&body).expect("JSON serialises"),
     )
@@ -155,7 +159,7 @@ impl Applications {
     fn batch(&mut self, range: std::ops::Range<u32>) -> Vec<Outgoing> {
         range
             .map(|n| {
-                let (id, _, phone, body) = applicant(n, &self.kind);
+                let (id, phone, body) = applicant(n, &self.kind);
                 if self.kind == "issue" {
                     self.phones.insert(phone, id);
                 }
@@ -171,7 +175,7 @@ async fn seed_registry(pool: &PgPool, n: u32) -> anyhow::Result<()> {
     for start in (0..n).step_by(10_000) {
         let (uids, phones): (Vec<String>, Vec<String>) = (start..(start + 10_000).min(n))
             .map(|i| {
-                let (_, uid, phone, _) = applicant(i, "block");
+                let (_, uid, phone) = person(i);
                 (uid, phone)
             })
             .unzip();
