@@ -270,9 +270,7 @@ impl Workers {
             Self::InProcess(running) => running.system.shutdown().await,
             Self::Child(mut child) => {
                 if let Some(pid) = child.id() {
-                    let _ = std::process::Command::new("kill")
-                        .args(["-TERM", &pid.to_string()])
-                        .status();
+                    crate::chaos::services::sigterm(pid);
                 }
                 match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
                     Ok(status) => anyhow::ensure!(

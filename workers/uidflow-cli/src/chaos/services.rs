@@ -280,6 +280,14 @@ fn run_within(program: &str, args: &[&str], timeout: Duration) -> anyhow::Result
     Ok(stdout)
 }
 
+/// Sends SIGTERM to process `pid`, with `kill` rather than a signal call: the workspace
+/// forbids unsafe code. Whether it arrived shows in the process's exit.
+pub fn sigterm(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
 /// A vhost and a database made for one run (of `uidflow chaos` or `uidflow bench`), removed
 /// afterwards (unless kept).
 pub struct Scratch {

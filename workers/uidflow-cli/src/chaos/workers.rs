@@ -250,10 +250,7 @@ impl Supervisor {
 
     async fn terminate(&self, child: &mut Child, pid: u32, started: Instant, cause: Cause) -> Exit {
         let signalled = Instant::now();
-        // `kill` rather than a signal call: the workspace forbids unsafe code.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
+        super::services::sigterm(pid);
         let status = match tokio::time::timeout(TERM_GRACE, child.wait()).await {
             Ok(status) => status.ok(),
             Err(_) => {
