@@ -10,7 +10,7 @@
 //! Messages out (events, hand-off, dead-letter copy) go through the outbox.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde_json::Value;
@@ -19,6 +19,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::admission::Admission;
 use crate::applications::{self, Inserted, NewApplication};
 use crate::config::Settings;
 use crate::consumer::{self, ConsumerConfig, Handled, Handler, Message};
@@ -81,6 +82,11 @@ pub struct IntakeStats {
     pub malformed: AtomicU64,
     /// Objects without a valid id.
     pub invalid: AtomicU64,
+    /// True while the intake is paused for the outbox (`admission`).
+    pub paused: AtomicBool,
+    /// Deliveries that found the intake paused and waited for the outbox to catch up
+    /// (`admission`); counted when the wait starts.
+    pub waited_for_outbox: AtomicU64,
 }
 
 impl IntakeStats {
@@ -116,6 +122,7 @@ impl IntakeStats {
 pub struct Intake {
     pool: PgPool,
     stats: Arc<IntakeStats>,
+    admission: Admission,
     /// Fault injection for tests: while positive, each commit is followed by a simulated crash
     /// (no ack) instead of an ack, and the counter goes down by one.
     crash_after_commit: Arc<AtomicU32>,
@@ -135,7 +142,12 @@ pub async fn run(
         queue: APPLICATION_QUEUE.into(),
         prefetch,
     };
+    let mirror = Arc::clone(&stats);
+    let admission = Admission::watch(pool.clone(), token.clone(), move |open| {
+        mirror.paused.store(!open, Ordering::Relaxed)
+    });
     let intake = Arc::new(Intake {
+        admission,
         pool,
         stats,
         crash_after_commit,
@@ -204,6 +216,7 @@ pub fn content_hash(object: &Value) -> Vec<u8> {
 
 impl Handler for Intake {
     async fn handle(&self, message: &Message) -> anyhow::Result<Handled> {
+        self.admission.admitted(&self.stats.waited_for_outbox).await;
         let started = Instant::now();
         let outcome = match self.take(message).await {
             Ok(outcome) => outcome,

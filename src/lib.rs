@@ -2,6 +2,7 @@
 //! Services. This library is the shared runtime and domain; the `uidflow` binary lives in
 //! `workers/uidflow-cli` (see ARCHITECTURE.md for why, and for the map of the code).
 
+pub mod admission;
 pub mod amqp;
 pub mod api;
 pub mod applications;
@@ -24,4 +25,5 @@ pub mod system;
 pub mod telemetry;
 pub mod topology;
 pub mod trace;
+pub mod vacuum;
 pub mod validation;

@@ -249,6 +249,10 @@ pub mod metrics {
     pub const INTAKE_MESSAGES_TOTAL: &str = "uidflow_intake_messages_total";
     /// Histogram of the time from delivery to ack, by `outcome`.
     pub const INTAKE_DURATION_SECONDS: &str = "uidflow_intake_duration_seconds";
+    /// Gauge: 1 while this process's intake is paused because the outbox is behind.
+    pub const INTAKE_PAUSED: &str = "uidflow_intake_paused";
+    /// Counter of the intake's pauses for the outbox.
+    pub const INTAKE_PAUSES_TOTAL: &str = "uidflow_intake_pauses_total";
     /// Counter of outbox messages published, by `exchange`.
     pub const OUTBOX_PUBLISHED_TOTAL: &str = "uidflow_outbox_published_total";
     /// Counter of outbox publishes the broker refused or returned, by `exchange`.

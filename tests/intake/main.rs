@@ -3,9 +3,11 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod admission;
 mod close;
 mod dead_letters;
 mod duplicates;
 mod examples;
 mod received;
 mod topology;
+mod vacuum;
