@@ -200,6 +200,7 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> anyhow
                     let (settings, pool, token) = (settings.clone(), pool.clone(), token.clone());
                     tasks.spawn(outbox::run_relay(settings, pool, token));
                 }
+                tasks.spawn(crate::vacuum::run(pool, token));
             }
             Part::DeadLetterKeeper => {
                 tasks.spawn(dead_letters::run_keeper(settings, pool, token));
