@@ -185,11 +185,29 @@ pub fn prometheus() -> metrics_exporter_prometheus::PrometheusHandle {
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may be installed (a test harness); ours then only renders empty.
-            let _ = ::metrics::set_global_recorder(recorder);
+            if ::metrics::set_global_recorder(recorder).is_ok() {
+                // A recorder made with `build_recorder` keeps every histogram sample until
+                // upkeep folds it into the buckets, which `install` would schedule and we must
+                // do ourselves: without it, memory grew with every application (about 135
+                // bytes each; 145 MiB after 630 000) unless `/metrics` was scraped.
+                let upkeep = handle.clone();
+                std::thread::Builder::new()
+                    .name("metrics-upkeep".into())
+                    .spawn(move || {
+                        loop {
+                            std::thread::sleep(UPKEEP_EVERY);
+                            upkeep.run_upkeep();
+                        }
+                    })
+                    .expect("a thread can be started");
+            }
             handle
         })
         .clone()
 }
+
+/// How often histogram samples are folded into their buckets (the exporter's own default).
+pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Totals per queue that uidflow itself saw: published (by the outbox), acked and
 /// redelivered (by its consumers). Process-wide; the broker knows depths and consumers.
