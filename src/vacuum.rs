@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 /// A table and when it needs a vacuum: `dead rows >= base + scale × live rows`.
@@ -81,8 +81,19 @@ pub async fn due(pool: &PgPool) -> sqlx::Result<Vec<Table>> {
 
 /// Vacuums the tables that are [`due`]; returns their names.
 pub async fn reclaim_once(pool: &PgPool) -> sqlx::Result<Vec<&'static str>> {
+    let tables = due(pool).await?;
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A connection of its own: a pass over `applications` takes seconds, which should neither
+    // hold one of the pool's connections nor be logged as a slow statement (it is logged
+    // below, with its table).
+    let options = (*pool.connect_options())
+        .clone()
+        .disable_statement_logging();
+    let mut conn = PgConnection::connect_with(&options).await?;
     let mut done = Vec::new();
-    for table in due(pool).await? {
+    for table in tables {
         let started = std::time::Instant::now();
         // VACUUM cannot run in a transaction block: the simple query protocol, not a prepared
         // statement. The name comes from `TABLES`, never from input.
@@ -90,7 +101,7 @@ pub async fn reclaim_once(pool: &PgPool) -> sqlx::Result<Vec<&'static str>> {
             "VACUUM (SKIP_LOCKED) {}",
             table.name
         )))
-        .execute(pool)
+        .execute(&mut conn)
         .await?;
         tracing::info!(
             table = table.name,
@@ -99,6 +110,7 @@ pub async fn reclaim_once(pool: &PgPool) -> sqlx::Result<Vec<&'static str>> {
         );
         done.push(table.name);
     }
+    let _ = conn.close().await;
     Ok(done)
 }
 
