@@ -44,31 +44,86 @@ pub enum Inserted {
     Conflict,
 }
 
+/// The first hand-off, made in the statement that records the application: its new status
+/// (the first step's), the step's name for the history, and the work item.
+#[derive(Debug, Clone, Copy)]
+pub struct HandOff<'a> {
+    /// The status the application moves to.
+    pub status: Status,
+    /// The step that takes it over (its history row's `step`).
+    pub step: &'a str,
+    /// Messages enqueued after the status events (the step's work item).
+    pub work: &'a [Outgoing],
+}
+
 /// Records a new application as `received` (history row and event included), or says why not.
+/// With `hand_off`, the same statement also moves it to the first step: a second history row,
+/// its event and the work item, and the row is written once, already in that status (not
+/// inserted and then updated, which rewrote the row and every index entry of it).
 pub async fn insert_received(
     conn: &mut PgConnection,
     application: &NewApplication<'_>,
     step: &str,
+    hand_off: Option<HandOff<'_>>,
 ) -> sqlx::Result<Inserted> {
-    // The row and its first history row in one statement; nothing when the id exists.
-    let inserted = sqlx::query(
+    let received = StatusEvent {
+        event_id: Uuid::new_v4(),
+        application_id: application.application_id,
+        kind: application.kind,
+        issuing_service: application.issuing_service.map(str::to_owned),
+        status: Status::Received,
+        previous_status: None,
+        step: step.to_owned(),
+        reason: None,
+        at: Utc::now(),
+    };
+    let mut statuses = vec![Status::Received.as_str()];
+    let mut steps = vec![step];
+    let mut messages = vec![event_message(&received)];
+    if let Some(hand_off) = hand_off {
+        let handed = StatusEvent {
+            event_id: Uuid::new_v4(),
+            status: hand_off.status,
+            previous_status: Some(Status::Received),
+            step: hand_off.step.to_owned(),
+            ..received.clone()
+        };
+        statuses.push(hand_off.status.as_str());
+        steps.push(hand_off.step);
+        messages.extend(with_event(&handed, hand_off.work));
+    }
+    let status = *statuses.last().expect("received at least");
+    // The row, its history rows and the outbox rows in one statement; nothing at all when the
+    // id exists. History rows are numbered in the order given (`WITH ORDINALITY`).
+    let sql = format!(
         "WITH inserted AS (
              INSERT INTO applications (application_id, kind, status, issuing_service, content_sha256, payload)
-             VALUES ($1, $2, 'received', $3, $4, $5)
+             VALUES ($9, $10, $11, $12, $13, $14)
              ON CONFLICT (application_id) DO NOTHING
-             RETURNING application_id)
-         INSERT INTO application_history (application_id, status, step)
-         SELECT application_id, 'received', $6 FROM inserted",
-    )
-    .bind(application.application_id)
-    .bind(application.kind.map(Kind::as_str))
-    .bind(application.issuing_service)
-    .bind(application.content_sha256)
-    .bind(crate::db::pg_safe_json(application.payload))
-    .bind(step)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+             RETURNING application_id),
+         history AS (
+             INSERT INTO application_history (application_id, status, step)
+             SELECT application_id, h.status, h.step
+             FROM inserted, unnest($15::text[], $16::text[]) WITH ORDINALITY AS h (status, step, n)
+             ORDER BY h.n),
+         sent AS (
+             INSERT INTO outbox {rows} WHERE EXISTS (SELECT FROM inserted))
+         SELECT count(*) FROM inserted",
+        rows = outbox::INSERT_ROWS
+    );
+    let inserted: i64 = outbox::Rows::of(&messages)
+        .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+        .bind(application.application_id)
+        .bind(application.kind.map(Kind::as_str))
+        .bind(status)
+        .bind(application.issuing_service)
+        .bind(application.content_sha256)
+        .bind(crate::db::pg_safe_json(application.payload))
+        .bind(&statuses)
+        .bind(&steps)
+        .fetch_one(&mut *conn)
+        .await?
+        .get(0);
     if inserted == 0 {
         let existing: Vec<u8> =
             sqlx::query_scalar("SELECT content_sha256 FROM applications WHERE application_id = $1")
@@ -81,18 +136,9 @@ pub async fn insert_received(
             Inserted::Conflict
         });
     }
-    let event = StatusEvent {
-        event_id: Uuid::new_v4(),
-        application_id: application.application_id,
-        kind: application.kind,
-        issuing_service: application.issuing_service.map(str::to_owned),
-        status: Status::Received,
-        previous_status: None,
-        step: step.to_owned(),
-        reason: None,
-        at: Utc::now(),
-    };
-    enqueue_event(conn, &event).await?;
+    if let Some(hand_off) = hand_off {
+        count_change(hand_off.status, application.kind, received.at);
+    }
     Ok(Inserted::New)
 }
 
@@ -238,10 +284,6 @@ fn count_change(to: Status, kind: Option<Kind>, created_at: DateTime<Utc>) {
             "kind" => kind.map_or("unknown", Kind::as_str), "status" => to.as_str())
         .record(age.as_secs_f64());
     }
-}
-
-async fn enqueue_event(conn: &mut PgConnection, event: &StatusEvent) -> sqlx::Result<()> {
-    outbox::enqueue(conn, &event_message(event)).await
 }
 
 /// The `uid.events` message of a status change.

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::admission::Admission;
-use crate::applications::{self, Inserted, NewApplication};
+use crate::applications::{self, HandOff, Inserted, NewApplication};
 use crate::config::Settings;
 use crate::consumer::{self, ConsumerConfig, Handled, Handler, Message};
 use crate::dead_letters::{self, ErrorKind, Parked};
@@ -304,7 +304,21 @@ async fn record(
                     content_sha256: &hash,
                     payload: &application.normalized,
                 };
-                let inserted = applications::insert_received(tx, &new, STEP).await?;
+                // Handed over already in the first step's status, in the statement that
+                // records it: a transaction (and a status event) less per application than
+                // letting the step write it, and the history shows the same sequence.
+                let step = route::first_step(application.kind);
+                let work = [crate::runtime::work_message(
+                    &WorkItem::first(application.application_id, step),
+                    None,
+                )];
+                let hand_off = HandOff {
+                    status: Status::VerifyingIdentity,
+                    step,
+                    work: &work,
+                };
+                let inserted =
+                    applications::insert_received(tx, &new, STEP, Some(hand_off)).await?;
                 (application.application_id, inserted, Ok(application.kind))
             }
             Verdict::Invalid {
@@ -320,7 +334,7 @@ async fn record(
                     content_sha256: &hash,
                     payload: object,
                 };
-                let inserted = applications::insert_received(tx, &new, STEP).await?;
+                let inserted = applications::insert_received(tx, &new, STEP, None).await?;
                 (application_id, inserted, Err(errors))
             }
         };
@@ -346,21 +360,6 @@ async fn record(
             Ok(Outcome::Conflict)
         }
         (Inserted::New, Ok(kind)) => {
-            // Handed over already in the first step's status, in this same commit: a
-            // transaction (and a status event) less per application than letting the step
-            // write it, and the history shows the same sequence.
-            let step = route::first_step(kind);
-            let work = crate::runtime::work_message(&WorkItem::first(application_id, step), None);
-            applications::transition_and_send(
-                tx,
-                application_id,
-                Status::VerifyingIdentity,
-                step,
-                None,
-                None,
-                &[work],
-            )
-            .await?;
             tracing::info!(application.id = %application_id, kind = kind.as_str(), "application received");
             Ok(Outcome::Received)
         }
