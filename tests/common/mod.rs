@@ -78,11 +78,20 @@ pub fn test_tokens() -> (uidflow::api::auth::Tokens, HashMap<String, String>) {
 pub const TEST_HASH_ENV: [(&str, &str); 2] =
     [("ARGON2_MEMORY_KIB", "1024"), ("ARGON2_ITERATIONS", "1")];
 
+/// How long one `rabbitmqctl` call may take (it can hang on a node that is not answering).
+const RABBITMQCTL_TIMEOUT: &str = "120";
+
 fn rabbitmqctl(args: &[&str]) {
-    let output = Command::new("rabbitmqctl")
+    // coreutils' `timeout` bounds the call: a test fails with a message instead of hanging CI.
+    let output = Command::new("timeout")
+        .args([RABBITMQCTL_TIMEOUT, "rabbitmqctl"])
         .args(args)
         .output()
-        .expect("rabbitmqctl is on the PATH (the harness creates a vhost per test)");
+        .expect("timeout (coreutils) and rabbitmqctl are on the PATH (the harness creates a vhost per test)");
+    assert!(
+        output.status.code() != Some(124),
+        "rabbitmqctl {args:?} did not answer within {RABBITMQCTL_TIMEOUT} s"
+    );
     assert!(
         output.status.success(),
         "rabbitmqctl {args:?} failed: {}",
