@@ -69,11 +69,6 @@ impl Admission {
         // consumer is stopping and the outbox is still the outbox.
         let _ = open.wait_for(|open| *open).await;
     }
-
-    /// True while the gate is open.
-    pub fn is_open(&self) -> bool {
-        *self.open.borrow()
-    }
 }
 
 /// Outbox rows, counted up to `PAUSE_AT` (beyond it the exact number does not matter). In id
@@ -106,35 +101,36 @@ async fn watch_outbox(
     loop {
         // A failed count leaves the gate as it is: the intake's own statements fail too, and
         // its consumer deals with that.
-        let depth = outbox_depth(&pool).await;
-        if let Err(error) = &depth {
-            tracing::debug!(error = %error, "cannot count the outbox rows; the gate stays as it is");
-        }
-        if let Ok(depth) = depth {
-            let open = *sender.borrow();
-            let next = next_state(open, depth);
-            if next != open {
-                sender.send_replace(next);
-                changed(next);
-                ::metrics::gauge!(names::INTAKE_PAUSED).set(if next { 0.0 } else { 1.0 });
-                if next {
-                    paused_since = None;
-                    tracing::debug!(outbox.rows = depth, "intake resumed");
-                } else {
-                    paused_since = Some((Instant::now(), false));
-                    ::metrics::counter!(names::INTAKE_PAUSES_TOTAL).increment(1);
-                    tracing::debug!(outbox.rows = depth, "intake paused: the outbox is behind");
-                }
+        match outbox_depth(&pool).await {
+            Err(error) => {
+                tracing::debug!(error = %error, "cannot count the outbox rows; the gate stays as it is");
             }
-            if let Some((since, warned @ false)) = paused_since.as_mut()
-                && since.elapsed() >= LONG_PAUSE
-            {
-                *warned = true;
-                tracing::warn!(
-                    outbox.rows = depth,
-                    paused_s = since.elapsed().as_secs(),
-                    "the intake has been paused for a minute: the outbox is not being published (are the relays running, is RabbitMQ refusing publishes?)"
-                );
+            Ok(depth) => {
+                let open = *sender.borrow();
+                let next = next_state(open, depth);
+                if next != open {
+                    sender.send_replace(next);
+                    changed(next);
+                    ::metrics::gauge!(names::INTAKE_PAUSED).set(if next { 0.0 } else { 1.0 });
+                    if next {
+                        paused_since = None;
+                        tracing::debug!(outbox.rows = depth, "intake resumed");
+                    } else {
+                        paused_since = Some((Instant::now(), false));
+                        ::metrics::counter!(names::INTAKE_PAUSES_TOTAL).increment(1);
+                        tracing::debug!(outbox.rows = depth, "intake paused: the outbox is behind");
+                    }
+                }
+                if let Some((since, warned @ false)) = paused_since.as_mut()
+                    && since.elapsed() >= LONG_PAUSE
+                {
+                    *warned = true;
+                    tracing::warn!(
+                        outbox.rows = depth,
+                        paused_s = since.elapsed().as_secs(),
+                        "the intake has been paused for a minute: the outbox is not being published (are the relays running, is RabbitMQ refusing publishes?)"
+                    );
+                }
             }
         }
         tokio::select! {
