@@ -133,9 +133,8 @@ async fn watch_outbox(
                 }
             }
         }
-        tokio::select! {
-            _ = token.cancelled() => break,
-            _ = tokio::time::sleep(CHECK_EVERY) => {}
+        if !crate::retry::pause(&token, Some(CHECK_EVERY)).await {
+            break;
         }
     }
     // Whoever still waits is let through (see `admitted`).

@@ -120,9 +120,8 @@ pub async fn run(pool: PgPool, token: CancellationToken) {
         if let Err(error) = reclaim_once(&pool).await {
             tracing::debug!(error = %error, "cannot vacuum now; will try again");
         }
-        tokio::select! {
-            _ = token.cancelled() => break,
-            _ = tokio::time::sleep(CHECK_EVERY) => {}
+        if !crate::retry::pause(&token, Some(CHECK_EVERY)).await {
+            break;
         }
     }
 }
