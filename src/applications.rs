@@ -492,28 +492,26 @@ pub async fn load(
     Ok(row.and_then(|row| loaded_from(&row, application_id)))
 }
 
-/// [`load`] without a lock, and whether `step` is in the ledger for it already, in one
-/// statement: a step's cheap pre-check. Under a row lock, read the ledger in a statement of its
-/// own instead: a statement that waited for the lock sees, in its subqueries, the snapshot from
-/// before the wait, and would miss a ledger row committed meanwhile.
+/// [`load`] without a lock, with the steps in its ledger, in one statement: a step's cheap
+/// pre-check. Under a row lock, read the ledger in a statement of its own instead: a statement
+/// that waited for the lock sees, in its subqueries, the snapshot from before the wait, and
+/// would miss a ledger row committed meanwhile.
 pub async fn load_for_step(
     conn: &mut PgConnection,
     application_id: Uuid,
-    step: &str,
-) -> sqlx::Result<Option<(Loaded, bool)>> {
+) -> sqlx::Result<Option<(Loaded, Vec<String>)>> {
     let Some(row) = sqlx::query(
         "SELECT kind, status, issuing_service, payload,
-                EXISTS (SELECT 1 FROM step_ledger l WHERE l.application_id = a.application_id AND l.step = $2) AS done
+                ARRAY(SELECT l.step FROM step_ledger l WHERE l.application_id = a.application_id) AS done
          FROM applications a WHERE application_id = $1",
     )
     .bind(application_id)
-    .bind(step)
     .fetch_optional(&mut *conn)
     .await?
     else {
         return Ok(None);
     };
-    let done: bool = row.get("done");
+    let done: Vec<String> = row.get("done");
     Ok(loaded_from(&row, application_id).map(|loaded| (loaded, done)))
 }
 

@@ -33,6 +33,9 @@ pub enum ErrorKind {
     Permanent,
     /// Retries used up.
     Exhausted,
+    /// A work item that was not its application's turn (a step out of order, of another
+    /// kind's route, unknown, or for an application that ended first): nothing ran.
+    OutOfOrder,
 }
 
 impl ErrorKind {
@@ -44,6 +47,7 @@ impl ErrorKind {
             ErrorKind::Conflict => "conflict",
             ErrorKind::Permanent => "permanent",
             ErrorKind::Exhausted => "exhausted",
+            ErrorKind::OutOfOrder => "out_of_order",
         }
     }
 }

@@ -277,6 +277,8 @@ pub mod metrics {
     pub const OUTBOX_FAILED_TOTAL: &str = "uidflow_outbox_failed_total";
     /// Counter of dead letters parked, by `kind`.
     pub const DEAD_LETTERS_TOTAL: &str = "uidflow_dead_letters_total";
+    /// Counter of work items refused because it was not their application's turn, by `step`.
+    pub const OUT_OF_ORDER_TOTAL: &str = "uidflow_out_of_order_total";
     /// Histogram of one step delivery, by `step` and `outcome`.
     pub const STEP_DURATION_SECONDS: &str = "uidflow_step_duration_seconds";
     /// Gauge of deliveries being handled now, by `queue`.

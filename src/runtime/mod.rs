@@ -1,11 +1,15 @@
 //! The step runtime: everything a step needs except its business decision.
 //!
 //! For each work item on `uid.step.<NAME>` it: decodes it (an unreadable one is parked), waits
-//! out a `not_before` that has not come yet, loads the application, skips it if the step is in
-//! the ledger already or the application has ended, calls [`Step::call`] (outside any
-//! transaction), then opens one transaction that locks the application row, re-checks the
-//! ledger, runs [`Step::commit`], and writes the ledger row, the status change, the history
-//! row, the event and the hand-off — and only after that commit is the delivery acked.
+//! out a `not_before` that has not come yet, loads the application and asks
+//! [`route::turn`] whether it is this item's turn, calls [`Step::call`] (outside any
+//! transaction), then opens one transaction that locks the application row, reads the ledger
+//! and asks [`route::turn`] again — only that answer counts — runs [`Step::commit`], and writes
+//! the ledger row, the status change, the history row, the event and the hand-off — and only
+//! after that commit is the delivery acked. An item that is not its application's turn (a
+//! step out of order, of another route, an unknown one, or for an application that ended
+//! before the step ran) calls nothing and changes nothing: it is parked `out_of_order`, noted in
+//! the history and counted in `uidflow_out_of_order_total`.
 //!
 //! A transient failure schedules the next attempt through `uid.retry.<NAME>.<delay>` (delay from
 //! `RETRY_DELAYS` with jitter, never earlier than a `Retry-After`), with a history note, and acks.
@@ -32,10 +36,10 @@ use crate::dead_letters::{self, ErrorKind, Parked};
 use crate::domain::{Reason, Status};
 use crate::messages::WorkItem;
 use crate::outbox;
-use crate::route::{self, Next};
+use crate::route::{self, Next, Turn};
 use crate::topology::{RETRY_EXCHANGE, WORK_EXCHANGE, retry_routing_key, step_queue};
 
-use crate::telemetry::metrics::STEP_DURATION_SECONDS;
+use crate::telemetry::metrics::{OUT_OF_ORDER_TOTAL, STEP_DURATION_SECONDS};
 
 /// What the runtime hands a step.
 #[derive(Clone)]
@@ -80,6 +84,11 @@ pub trait Step: Send + Sync + 'static {
     /// False for a step whose [`Step::call`] does nothing: the runtime then skips the unlocked
     /// read that guards an external call, and makes the call under the lock.
     const CALLS_OUT: bool = true;
+
+    /// The waits of this step's own timers, besides the retry delays (each has a wait queue).
+    fn timer_waits(&self, _settings: &Settings) -> Vec<Duration> {
+        Vec::new()
+    }
 
     /// Work outside the database transaction (an idempotent external call). No lock is held.
     fn call(
@@ -262,72 +271,54 @@ impl<S: Step> StepRunner<S> {
             // (it may carry a `Retry-After`).
             tokio::time::sleep(left).await;
         }
-        let found = if S::CALLS_OUT {
+        // A step that calls out makes its call before the lock, after an unlocked look at
+        // whose turn it is (the locked one below decides; this one only spares the call).
+        let prepared = if S::CALLS_OUT {
             let mut conn = pool.acquire().await?;
-            let found = applications::load_for_step(&mut conn, id, S::NAME).await?;
+            let found = applications::load_for_step(&mut conn, id).await?;
             drop(conn);
-            found.map(|(application, done)| (Some(application), done))
-        } else {
-            // Nothing to do outside the lock: the locked read below is the only one.
-            Some((None, false))
-        };
-        let Some((unlocked, done)) = found else {
-            let tx = pool.begin().await?;
-            return self.park_unknown(tx, message, &item).await;
-        };
-        if let Some(application) = &unlocked
-            && (application.status.is_final() || (item.purpose.is_run() && done))
-        {
-            tracing::debug!("already done; nothing to do");
-            return Ok("duplicate");
-        }
-        if S::NAME == route::VERIFY_IDENTITY
-            && unlocked.as_ref().map(|a| a.status) == Some(Status::Received)
-        {
-            // The intake hands an application over already `verifying_identity` (in its own
-            // commit); one received before it did so still shows the check as running, under
-            // the row lock, so a duplicate delivery does not write the change twice.
-            let mut tx = pool.begin().await?;
-            if let Some(locked) = applications::load(&mut tx, id, true).await?
-                && locked.status == Status::Received
-            {
-                applications::transition(
-                    &mut tx,
-                    id,
-                    Status::VerifyingIdentity,
-                    S::NAME,
-                    None,
-                    None,
-                )
-                .await?;
+            let Some((application, done)) = found else {
+                let tx = pool.begin().await?;
+                return self.park_unknown(tx, message, &item).await;
+            };
+            match self.turn(&application, &done, &item) {
+                Turn::Run { .. } => match self.step.call(&self.cx, &application, &item).await {
+                    Ok(prepared) => Some(prepared),
+                    Err(error) => return self.failed(message, &item, error).await,
+                },
+                Turn::Done => {
+                    tracing::debug!("already done; nothing to do");
+                    return Ok("duplicate");
+                }
+                // Confirmed (and parked) under the lock below.
+                Turn::OutOfOrder(_) => None,
             }
-            crate::outbox::commit(tx, pool).await?;
-        }
-        let prepared = match &unlocked {
-            Some(application) => match self.step.call(&self.cx, application, &item).await {
-                Ok(prepared) => Some(prepared),
-                Err(error) => return self.failed(message, &item, error).await,
-            },
-            None => None,
+        } else {
+            None
         };
         let mut tx = pool.begin().await?;
-        let Some(locked) = applications::load(&mut tx, id, true).await? else {
-            if unlocked.is_none() {
-                return self.park_unknown(tx, message, &item).await;
-            }
-            return Ok("invalid");
+        let Some(mut locked) = applications::load(&mut tx, id, true).await? else {
+            return self.park_unknown(tx, message, &item).await;
         };
         // The ledger is read in a statement of its own, after the lock: a statement that had to
         // wait for the lock still sees its own (older) snapshot in its subqueries, and would
         // miss the ledger row that the attempt holding the lock just committed.
-        if locked.status.is_final()
-            || (item.purpose.is_run() && ledger_has(&mut tx, id, S::NAME).await?)
-        {
-            return Ok("duplicate");
+        let done = ledger_steps(&mut tx, id).await?;
+        match self.turn(&locked, &done, &item) {
+            Turn::Run { enter: None } => {}
+            Turn::Run {
+                enter: Some(status),
+            } => {
+                applications::transition(&mut tx, id, status, S::NAME, None, None).await?;
+                locked.status = status;
+            }
+            Turn::Done => return Ok("duplicate"),
+            Turn::OutOfOrder(why) => return self.out_of_order(tx, message, &item, why).await,
         }
         let prepared = match prepared {
             Some(prepared) => prepared,
-            // A step that calls nothing out does its (empty) call here, under the lock.
+            // A step that calls nothing out does its (empty) call here, under the lock; so
+            // does one whose unlocked look came before the application's turn did.
             None => match self.step.call(&self.cx, &locked, &item).await {
                 Ok(prepared) => prepared,
                 Err(error) => {
@@ -351,6 +342,57 @@ impl<S: Step> StepRunner<S> {
                 self.failed(message, &item, error).await
             }
         }
+    }
+
+    /// Whose turn it is, for this step's queue: an item naming another step is out of order
+    /// whatever the route says.
+    fn turn(&self, application: &Loaded, done: &[String], item: &WorkItem) -> Turn {
+        if item.step != S::NAME {
+            return Turn::OutOfOrder(format!(
+                "a work item for step {:?} on the queue of step {}",
+                item.step.chars().take(64).collect::<String>(),
+                S::NAME
+            ));
+        }
+        let done: Vec<&str> = done.iter().map(String::as_str).collect();
+        route::turn(
+            application.kind,
+            application.status,
+            &done,
+            S::NAME,
+            &item.purpose,
+        )
+    }
+
+    /// Parks a work item that is not its application's turn, notes it in the application's
+    /// history and counts it; nothing else changes and nothing was called.
+    async fn out_of_order(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        message: &Message,
+        item: &WorkItem,
+        why: String,
+    ) -> anyhow::Result<&'static str> {
+        let id = item.application_id;
+        let dead = park_work(
+            &mut tx,
+            S::NAME,
+            message,
+            item,
+            ErrorKind::OutOfOrder,
+            format!("not this application's turn: {why}"),
+            item.first_failed_at,
+        )
+        .await?;
+        let detail = format!(
+            "a work item (attempt {}) arrived out of turn and was refused: {why}; nothing was done; parked as dead letter {dead}",
+            item.attempt
+        );
+        applications::note(&mut tx, id, S::NAME, &detail).await?;
+        crate::outbox::commit(tx, &self.cx.pool).await?;
+        ::metrics::counter!(OUT_OF_ORDER_TOTAL, "step" => S::NAME).increment(1);
+        tracing::warn!(dead_letter.id = dead, reason = %why, "work item out of turn; parked");
+        Ok("out_of_order")
     }
 
     /// Parks a work item whose application does not exist or is not valid, in `tx`.
@@ -378,9 +420,7 @@ impl<S: Step> StepRunner<S> {
 
     fn waits(&self) -> Vec<Duration> {
         let mut waits = self.cx.settings.retry_delays.clone();
-        if S::NAME == route::CONFIRM_PHONE {
-            waits.push(self.cx.settings.phone_code_ttl);
-        }
+        waits.extend(self.step.timer_waits(&self.cx.settings));
         waits
     }
 
@@ -529,18 +569,15 @@ async fn record(
     Ok(())
 }
 
-async fn ledger_has(
+/// The steps in the ledger of an application.
+async fn ledger_steps(
     conn: &mut PgConnection,
     application_id: uuid::Uuid,
-    step: &str,
-) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM step_ledger WHERE application_id = $1 AND step = $2)",
-    )
-    .bind(application_id)
-    .bind(step)
-    .fetch_one(&mut *conn)
-    .await
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT step FROM step_ledger WHERE application_id = $1")
+        .bind(application_id)
+        .fetch_all(&mut *conn)
+        .await
 }
 
 /// Moves an application, locked by the caller, past `step`: the next step's status and work

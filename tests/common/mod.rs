@@ -81,7 +81,7 @@ pub const TEST_HASH_ENV: [(&str, &str); 2] =
 /// How long one `rabbitmqctl` call may take (it can hang on a node that is not answering).
 const RABBITMQCTL_TIMEOUT: &str = "120";
 
-fn rabbitmqctl(args: &[&str]) {
+fn rabbitmqctl(args: &[&str]) -> String {
     // coreutils' `timeout` bounds the call: a test fails with a message instead of hanging CI.
     let output = Command::new("timeout")
         .args([RABBITMQCTL_TIMEOUT, "rabbitmqctl"])
@@ -97,6 +97,7 @@ fn rabbitmqctl(args: &[&str]) {
         "rabbitmqctl {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 impl TestApp {
@@ -350,6 +351,16 @@ impl TestApp {
             .expect("queue exists");
         let _ = channel.close(200, "done".into()).await;
         queue.message_count()
+    }
+
+    /// Messages in `queue` now, ready and unacknowledged (from the broker, `rabbitmqctl`).
+    pub fn queue_messages(&self, queue: &str) -> u64 {
+        let out = rabbitmqctl(&["-q", "list_queues", "-p", &self.vhost, "name", "messages"]);
+        out.lines()
+            .filter_map(|line| line.split_once('\t'))
+            .find(|(name, _)| *name == queue)
+            .map(|(_, n)| n.trim().parse().expect("a message count"))
+            .unwrap_or_else(|| panic!("queue {queue} is listed: {out}"))
     }
 
     /// The application's status, if it exists.

@@ -4,6 +4,7 @@
 mod common;
 
 mod duplicates;
+mod forged;
 mod kinds;
 mod phone;
 mod rejections;

@@ -59,6 +59,11 @@ impl Step for ConfirmPhone {
     type Prepared = ();
     const CALLS_OUT: bool = false;
 
+    /// The code's expiry timer waits in a queue of `PHONE_CODE_TTL`.
+    fn timer_waits(&self, settings: &uidflow::config::Settings) -> Vec<Duration> {
+        vec![settings.phone_code_ttl]
+    }
+
     async fn call(
         &self,
         _cx: &StepContext,
