@@ -32,6 +32,8 @@ pub const DEAD_LETTER_QUEUE: &str = "uid.dead-letter";
 pub const WORK_EXCHANGE: &str = "uid.work";
 /// Exchange of the retry wait queues; routing key = `<step>.<delay>`.
 pub const RETRY_EXCHANGE: &str = "uid.retry";
+/// Direct exchange of the steps' timer queues (`<step>.<ttl>` → `uid.timer.<step>.<ttl>`).
+pub const TIMER_EXCHANGE: &str = "uid.timer";
 /// Exchange where the broker dead-letters work queues' messages.
 pub const PARKING_EXCHANGE: &str = "uid.parking";
 /// Queue the dead-letter keeper consumes.
@@ -75,11 +77,18 @@ pub fn retry_queue(step: &str, delay: Duration) -> String {
     format!("uid.retry.{}", retry_routing_key(step, delay))
 }
 
+/// Name of a step's timer queue for `ttl` (a phone code's expiry): timers never share a queue
+/// with retries, so neither waits behind the other. Routing key on `uid.timer`: `<step>.<ttl>`.
+pub fn timer_queue(step: &str, ttl: Duration) -> String {
+    format!("uid.timer.{}", retry_routing_key(step, ttl))
+}
+
 /// The queue a publish to `exchange` with `routing_key` lands in, for uidflow's own counters.
 pub fn queue_for(exchange: &str, routing_key: &str) -> Option<String> {
     match exchange {
         WORK_EXCHANGE => Some(step_queue(routing_key)),
         RETRY_EXCHANGE => Some(format!("uid.retry.{routing_key}")),
+        TIMER_EXCHANGE => Some(format!("uid.timer.{routing_key}")),
         DEAD_LETTER_EXCHANGE => Some(DEAD_LETTER_QUEUE.to_owned()),
         INTAKE_EXCHANGE if routing_key == APPLICATION_ROUTING_KEY => {
             Some(APPLICATION_QUEUE.to_owned())
@@ -189,7 +198,7 @@ fn work_queue(name: String) -> Queue {
 
 impl Topology {
     /// The topology a process with `settings` needs: retry waits of `RETRY_DELAYS` for every
-    /// step, and for confirm-phone also a wait of `PHONE_CODE_TTL` (the code's expiry timer).
+    /// step, and for confirm-phone a timer queue of `PHONE_CODE_TTL` (the code's expiry).
     pub fn for_settings(settings: &crate::config::Settings) -> Self {
         Self::with_code_ttl(&settings.retry_delays, Some(settings.phone_code_ttl))
     }
@@ -215,6 +224,7 @@ impl Topology {
             exchange(DEAD_LETTER_EXCHANGE, ExchangeType::Fanout),
             exchange(WORK_EXCHANGE, ExchangeType::Direct),
             exchange(RETRY_EXCHANGE, ExchangeType::Direct),
+            exchange(TIMER_EXCHANGE, ExchangeType::Direct),
             exchange(PARKING_EXCHANGE, ExchangeType::Fanout),
         ];
         let mut queues = vec![
@@ -233,20 +243,27 @@ impl Topology {
             queues.push(work_queue(step_queue(step)));
             bindings.push(bind(WORK_EXCHANGE, &step_queue(step), step));
             let mut delays = retry_delays.to_vec();
-            if step == crate::route::CONFIRM_PHONE {
-                delays.extend(code_ttl);
-            }
             delays.sort();
             delays.dedup();
-            for delay in delays {
-                let name = retry_queue(step, delay);
+            let wait_queue = |name: String, ttl: Duration| {
                 let mut arguments = base_arguments();
                 arguments.extend(dead_lettering(WORK_EXCHANGE));
                 arguments.insert("x-dead-letter-routing-key".into(), Arg::Str(step.into()));
-                let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
                 arguments.insert("x-message-ttl".into(), Arg::Int(ttl));
+                Queue { name, arguments }
+            };
+            for delay in delays {
+                let name = retry_queue(step, delay);
                 bindings.push(bind(RETRY_EXCHANGE, &name, &retry_routing_key(step, delay)));
-                queues.push(Queue { name, arguments });
+                queues.push(wait_queue(name, delay));
+            }
+            if step == crate::route::CONFIRM_PHONE
+                && let Some(ttl) = code_ttl
+            {
+                let name = timer_queue(step, ttl);
+                bindings.push(bind(TIMER_EXCHANGE, &name, &retry_routing_key(step, ttl)));
+                queues.push(wait_queue(name, ttl));
             }
         }
         let mut parking = base_arguments();

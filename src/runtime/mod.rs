@@ -37,7 +37,9 @@ use crate::domain::{Reason, Status};
 use crate::messages::WorkItem;
 use crate::outbox;
 use crate::route::{self, Next, Turn};
-use crate::topology::{RETRY_EXCHANGE, WORK_EXCHANGE, retry_routing_key, step_queue};
+use crate::topology::{
+    RETRY_EXCHANGE, TIMER_EXCHANGE, WORK_EXCHANGE, retry_routing_key, step_queue,
+};
 
 use crate::telemetry::metrics::{OUT_OF_ORDER_TOTAL, STEP_DURATION_SECONDS};
 
@@ -85,11 +87,6 @@ pub trait Step: Send + Sync + 'static {
     /// read that guards an external call, and makes the call under the lock.
     const CALLS_OUT: bool = true;
 
-    /// The waits of this step's own timers, besides the retry delays (each has a wait queue).
-    fn timer_waits(&self, _settings: &Settings) -> Vec<Duration> {
-        Vec::new()
-    }
-
     /// Work outside the database transaction (an idempotent external call). No lock is held.
     fn call(
         &self,
@@ -134,7 +131,7 @@ pub async fn run<S: Step>(
     consumer::run(settings, config, runner, token).await;
 }
 
-/// Adds the hand-off of `item` to its step's queue (or a retry wait queue) to the outbox.
+/// Adds the hand-off of `item` to its step's queue (or a wait queue) to the outbox.
 pub async fn enqueue_work(
     conn: &mut PgConnection,
     item: &WorkItem,
@@ -143,15 +140,14 @@ pub async fn enqueue_work(
     outbox::enqueue(conn, &work_message(item, wait)).await
 }
 
-/// The message that hands `item` to its step's queue, or to a retry wait queue.
+/// The message that hands `item` to its step's queue, or to a wait queue. A wait queue's TTL
+/// is the queue's own (`x-message-ttl`), never the message's: every message of a queue waits
+/// the same time, so none is ever held behind another (RabbitMQ expires only at the head).
 pub fn work_message(item: &WorkItem, wait: Option<Wait>) -> Outgoing {
-    let (exchange, routing_key, expiration_ms) = match wait {
-        None => (WORK_EXCHANGE, item.step.clone(), None),
-        Some(wait) => (
-            RETRY_EXCHANGE,
-            retry_routing_key(&item.step, wait.queue_delay),
-            Some(u64::try_from(wait.delay.as_millis()).unwrap_or(u64::MAX)),
-        ),
+    let (exchange, routing_key) = match wait {
+        None => (WORK_EXCHANGE, item.step.clone()),
+        Some(Wait::Retry(ttl)) => (RETRY_EXCHANGE, retry_routing_key(&item.step, ttl)),
+        Some(Wait::Timer(ttl)) => (TIMER_EXCHANGE, retry_routing_key(&item.step, ttl)),
     };
     Outgoing {
         exchange: exchange.into(),
@@ -164,48 +160,60 @@ pub fn work_message(item: &WorkItem, wait: Option<Wait>) -> Outgoing {
         headers: serde_json::json!({}),
         body: serde_json::to_vec(item).expect("a work item serialises"),
         mandatory: true,
-        expiration_ms,
+        expiration_ms: None,
     }
 }
 
-/// A wait before a work item runs again.
+/// A wait queue a work item goes through before it runs (again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Wait {
-    /// The wait queue to use: its TTL (one of the configured delays) is at least `delay`,
-    /// or is the longest there is (the item's `not_before` then makes it wait again).
-    pub queue_delay: Duration,
-    /// How long this item should wait.
-    pub delay: Duration,
+pub enum Wait {
+    /// The step's retry queue whose TTL is this `RETRY_DELAYS` entry.
+    Retry(Duration),
+    /// The step's timer queue whose TTL is this (a phone code's `PHONE_CODE_TTL`).
+    Timer(Duration),
 }
 
-/// Chooses the wait queue for `delay` among `delays` (the configured waits).
-pub fn wait_for(delay: Duration, delays: &[Duration]) -> Wait {
-    let mut sorted = delays.to_vec();
-    sorted.sort();
-    let queue_delay = sorted
+/// How much longer than the time left a wait queue's TTL may be (the relay and the broker
+/// take a few milliseconds per hop, so a remainder is rarely an exact multiple).
+pub const WAIT_SLACK: Duration = Duration::from_millis(50);
+
+/// The next hop of a wait with `left` to go: the longest retry queue (of `delays`) whose TTL
+/// is not longer than `left` (give or take [`WAIT_SLACK`]); `None` when less than the shortest
+/// is left. A long wait is chained through the longest queue, then the right shorter ones:
+/// the runtime sends an item that comes back before its `not_before` on its next hop.
+pub fn next_wait(left: Duration, delays: &[Duration]) -> Option<Duration> {
+    delays
         .iter()
         .copied()
-        .find(|d| *d >= delay)
-        .or_else(|| sorted.last().copied())
-        .unwrap_or(delay);
-    Wait {
-        queue_delay,
-        delay: delay.min(queue_delay),
-    }
+        .filter(|d| *d <= left + WAIT_SLACK)
+        .max()
 }
 
 /// The retry plan after attempt `attempt` failed transiently: `None` when the attempts are used
-/// up. The delay is `RETRY_DELAYS[attempt-1]` minus up to 20 % jitter, but never less than a
-/// `Retry-After`.
+/// up. The delay is `RETRY_DELAYS[attempt-1]` minus up to 20 % jitter, rounded to a multiple
+/// of the shortest delay (so the wait queues add up to it exactly), and never less than a
+/// `Retry-After` (rounded up to that multiple: at most one shortest delay late).
 pub fn retry_delay(
     attempt: u32,
     delays: &[Duration],
     retry_after: Option<Duration>,
 ) -> Option<Duration> {
     let base = *delays.get(usize::try_from(attempt).ok()?.checked_sub(1)?)?;
+    let grid = delays.iter().copied().min()?.max(Duration::from_millis(1));
     let jittered = crate::retry::jitter(base, 0.2, Duration::ZERO).min(base);
-    Some(jittered.max(retry_after.unwrap_or_default()))
+    let steps = (jittered.as_secs_f64() / grid.as_secs_f64())
+        .round()
+        .max(1.0);
+    let delay = grid.mul_f64(steps).min(base.max(grid));
+    let after = retry_after.map_or(Duration::ZERO, |after| {
+        grid.mul_f64((after.as_secs_f64() / grid.as_secs_f64()).ceil())
+    });
+    Some(delay.max(after))
 }
+
+/// The longest a work item is held in the consumer instead of a wait queue: the part of a
+/// wait shorter than the shortest retry queue, or a timer that came back early.
+pub const MAX_HELD_WAIT: Duration = Duration::from_secs(1);
 
 struct StepRunner<S: Step> {
     cx: StepContext,
@@ -260,16 +268,20 @@ impl<S: Step> StepRunner<S> {
         let id = item.application_id;
         if let Some(not_before) = item.not_before {
             let left = (not_before - Utc::now()).to_std().unwrap_or_default();
-            if left > Duration::from_millis(50) {
-                // Early out of its wait queue (the queue's TTL is shorter): wait again.
+            if item.purpose.is_run()
+                && left > WAIT_SLACK
+                && let Some(ttl) = next_wait(left, &self.cx.settings.retry_delays)
+            {
+                // Back before its time (a long wait is chained): on to its next wait queue.
                 let mut tx = pool.begin().await?;
-                enqueue_work(&mut tx, &item, Some(wait_for(left, &self.waits()))).await?;
+                enqueue_work(&mut tx, &item, Some(Wait::Retry(ttl))).await?;
                 crate::outbox::commit(tx, pool).await?;
                 return Ok("waiting");
             }
-            // A few milliseconds early: wait them out here, never run before `not_before`
-            // (it may carry a `Retry-After`).
-            tokio::time::sleep(left).await;
+            // Less than the shortest wait queue is left (or a timer came back a moment
+            // early): wait it out here, never run before `not_before` (it may carry a
+            // `Retry-After`).
+            tokio::time::sleep(left.min(MAX_HELD_WAIT)).await;
         }
         // A step that calls out makes its call before the lock, after an unlocked look at
         // whose turn it is (the locked one below decides; this one only spares the call).
@@ -418,12 +430,6 @@ impl<S: Step> StepRunner<S> {
         Ok("invalid")
     }
 
-    fn waits(&self) -> Vec<Duration> {
-        let mut waits = self.cx.settings.retry_delays.clone();
-        waits.extend(self.step.timer_waits(&self.cx.settings));
-        waits
-    }
-
     async fn failed(
         &self,
         message: &Message,
@@ -446,7 +452,9 @@ impl<S: Step> StepRunner<S> {
                         first_failed_at: item.first_failed_at.or(Some(Utc::now())),
                         ..item.clone()
                     };
-                    enqueue_work(&mut tx, &next, Some(wait_for(delay, &self.waits()))).await?;
+                    let delays = &self.cx.settings.retry_delays;
+                    let ttl = next_wait(delay, delays).unwrap_or(delay);
+                    enqueue_work(&mut tx, &next, Some(Wait::Retry(ttl))).await?;
                     let detail = format!(
                         "attempt {} failed ({source:#}); attempt {} in {}",
                         item.attempt,
@@ -687,28 +695,93 @@ mod tests {
         assert_eq!(long, Duration::from_secs(3600));
     }
 
+    /// The hops a wait of `delay` takes (clock-independent: the TTLs chosen, in order), and
+    /// what is left for the consumer to hold.
+    fn chain(delay: Duration, delays: &[Duration]) -> (Vec<Duration>, Duration) {
+        let (mut hops, mut left) = (Vec::new(), delay);
+        while left > WAIT_SLACK
+            && let Some(ttl) = next_wait(left, delays)
+        {
+            assert!(
+                ttl <= left + WAIT_SLACK,
+                "{ttl:?} is longer than the {left:?} left of {delay:?}"
+            );
+            hops.push(ttl);
+            left = left.saturating_sub(ttl);
+        }
+        (hops, left)
+    }
+
     #[test]
-    fn a_wait_uses_the_shortest_queue_long_enough_or_the_longest() {
-        assert_eq!(
-            wait_for(Duration::from_secs(7), &delays()),
-            Wait {
-                queue_delay: Duration::from_secs(30),
-                delay: Duration::from_secs(7)
+    fn every_retry_wait_is_chained_through_queues_no_longer_than_what_is_left() {
+        let secs = |s: u64| Duration::from_secs(s);
+        let afters = [
+            None,
+            Some(secs(2)),
+            Some(secs(7)),
+            Some(secs(45)),
+            Some(secs(3600)),
+        ];
+        for attempt in 1..=5 {
+            for retry_after in afters {
+                for _ in 0..50 {
+                    let delay = retry_delay(attempt, &delays(), retry_after).unwrap();
+                    let (hops, held) = chain(delay, &delays());
+                    assert_eq!(hops.iter().sum::<Duration>(), delay, "{hops:?}");
+                    assert_eq!(held, Duration::ZERO, "nothing held in the consumer");
+                    assert!(hops.iter().all(|h| delays().contains(h)));
+                    let base = delays()[attempt as usize - 1];
+                    let after = retry_after.unwrap_or_default();
+                    // Never early; late only by the rounding of a Retry-After (under 1 s).
+                    assert!(delay >= after, "{delay:?}");
+                    assert!(delay <= base || delay < after + secs(1), "{delay:?}");
+                }
             }
+        }
+        // The test delays, and a Retry-After longer than the longest of them.
+        let short = [200, 400, 800].map(Duration::from_millis).to_vec();
+        let delay = retry_delay(3, &short, Some(secs(2))).unwrap();
+        assert_eq!(delay, secs(2));
+        assert_eq!(
+            chain(delay, &short).0,
+            [800, 800, 400].map(Duration::from_millis)
         );
+        // A hop that came back a few milliseconds late still takes the right next queue.
+        let late = Duration::from_millis(1190);
+        assert_eq!(chain(late, &short).0, [800, 400].map(Duration::from_millis));
+    }
+
+    #[test]
+    fn retries_and_code_timers_wait_in_queues_of_their_own_with_one_ttl_each() {
+        let vars: std::collections::HashMap<String, String> = [
+            ("PHONE_CODE_TTL", "10m"),
+            ("MVD_URL", "http://127.0.0.1:1/mvd"),
+            ("SMS_URL", "http://127.0.0.1:1/sms"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let settings = Settings::from_map(&vars).unwrap();
+        let topology = crate::topology::Topology::for_settings(&settings);
+        let item = WorkItem::first(uuid::Uuid::nil(), route::CONFIRM_PHONE);
+        let ten = Duration::from_secs(600);
+        let mut landed = Vec::new();
+        for wait in [Wait::Retry(ten), Wait::Timer(ten)] {
+            let message = work_message(&item, Some(wait));
+            assert_eq!(message.expiration_ms, None, "no per-message TTL");
+            let queue = crate::topology::queue_for(&message.exchange, &message.routing_key)
+                .expect("a wait queue");
+            let declared = topology
+                .queues
+                .iter()
+                .find(|q| q.name == queue)
+                .expect("declared");
+            assert!(declared.arguments.contains_key("x-message-ttl"));
+            landed.push(queue);
+        }
         assert_eq!(
-            wait_for(Duration::from_millis(900), &delays()),
-            Wait {
-                queue_delay: Duration::from_secs(1),
-                delay: Duration::from_millis(900)
-            }
-        );
-        assert_eq!(
-            wait_for(Duration::from_secs(3600), &delays()),
-            Wait {
-                queue_delay: Duration::from_secs(600),
-                delay: Duration::from_secs(600)
-            }
+            landed,
+            ["uid.retry.confirm-phone.10m", "uid.timer.confirm-phone.10m"]
         );
     }
 }

@@ -129,6 +129,16 @@ impl TestApp {
 
     /// [`TestApp::spawn_pipeline`] with options.
     pub async fn spawn_pipeline_with(code_ttl: &str, options: RunOptions) -> Self {
+        Self::spawn_pipeline_env(code_ttl, options, &[]).await
+    }
+
+    /// [`TestApp::spawn_pipeline_with`] with configuration variables that override the
+    /// pipeline's (e.g. `RETRY_DELAYS`).
+    pub async fn spawn_pipeline_env(
+        code_ttl: &str,
+        options: RunOptions,
+        overrides: &[(&str, &str)],
+    ) -> Self {
         let token = tokio_util::sync::CancellationToken::new();
         let (sim, addr) = uidflow::sim::spawn_local(uidflow::sim::SimConfig::default(), token)
             .await
@@ -142,6 +152,8 @@ impl TestApp {
             (TEST_HASH_ENV[0].0, TEST_HASH_ENV[0].1.to_owned()),
             (TEST_HASH_ENV[1].0, TEST_HASH_ENV[1].1.to_owned()),
         ];
+        let mut extra = extra.to_vec();
+        extra.extend(overrides.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let app = Self::prepare_with(&extra).await;
         let (tokens, plain) = test_tokens();
         let options = RunOptions {

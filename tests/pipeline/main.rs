@@ -10,3 +10,4 @@ mod phone;
 mod rejections;
 mod retries;
 mod tracing;
+mod waits;

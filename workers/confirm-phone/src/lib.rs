@@ -24,7 +24,7 @@ use uidflow::applications::Loaded;
 use uidflow::domain::{Reason, ReasonCode, Status};
 use uidflow::messages::{Purpose, WorkItem};
 use uidflow::route;
-use uidflow::runtime::{Outcome, Step, StepContext, StepError, enqueue_work, wait_for};
+use uidflow::runtime::{Outcome, Step, StepContext, StepError, Wait, enqueue_work};
 use uidflow::secrets::{self, HashParams};
 use uuid::Uuid;
 
@@ -58,11 +58,6 @@ impl Step for ConfirmPhone {
     const NAME: &'static str = route::CONFIRM_PHONE;
     type Prepared = ();
     const CALLS_OUT: bool = false;
-
-    /// The code's expiry timer waits in a queue of `PHONE_CODE_TTL`.
-    fn timer_waits(&self, settings: &uidflow::config::Settings) -> Vec<Duration> {
-        vec![settings.phone_code_ttl]
-    }
 
     async fn call(
         &self,
@@ -137,7 +132,7 @@ impl ConfirmPhone {
             purpose: Purpose::ExpireCode { generation },
             ..WorkItem::first(id, route::CONFIRM_PHONE)
         };
-        enqueue_work(tx, &timer, Some(wait_for(ttl, &[ttl]))).await?;
+        enqueue_work(tx, &timer, Some(Wait::Timer(ttl))).await?;
         let minutes = ttl.as_secs().div_ceil(60).max(1);
         let text = uidflow::sms::texts::confirmation_code(code.expose_secret(), minutes);
         self.sms.send(Uuid::new_v4(), phone.as_str(), &text).await?;

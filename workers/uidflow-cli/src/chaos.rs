@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uidflow::config::{Settings, format_duration};
 use uidflow::sim::{Faults, SimConfig, Simulators, Switchable};
-use uidflow::topology::{Topology, retry_queue};
+use uidflow::topology::{Topology, timer_queue};
 
 use faults::{Fault, Injected, Injector};
 use services::{Scratch, Services};
@@ -288,10 +288,6 @@ async fn drive(
     let settings = scratch.settings.clone();
     let pool = uidflow::system::prepare(&settings, 4).await?;
     let code_ttl = settings.phone_code_ttl;
-    anyhow::ensure!(
-        !settings.retry_delays.contains(&code_ttl),
-        "PHONE_CODE_TTL must differ from every RETRY_DELAYS entry (the timers get a queue of their own)"
-    );
 
     let log_dir = args.log_dir.join(format!(
         "{}-{}",
@@ -384,7 +380,7 @@ async fn drive(
     let settle_seconds = epoch.elapsed().as_secs_f64() - window_seconds;
     // Quiesce: duplicates and retries still queued are consumed (as no-ops) by the workers.
     let topology = Topology::for_settings(&settings);
-    let code_timer_queue = retry_queue(uidflow::route::CONFIRM_PHONE, code_ttl);
+    let code_timer_queue = timer_queue(uidflow::route::CONFIRM_PHONE, code_ttl);
     let must_be_empty: Vec<String> = topology
         .queues
         .iter()
