@@ -148,10 +148,16 @@ pub async fn run(pool: PgPool, token: CancellationToken) {
         match not_permitted(&pool).await {
             Ok(refused) if refused.is_empty() => break,
             Ok(refused) => {
-                tracing::warn!(
-                    tables = ?refused,
-                    "this role may not VACUUM the tables (only their owner may); uidflow will not vacuum them, so the server's autovacuum must be on"
-                );
+                let autovacuum: bool =
+                    sqlx::query_scalar("SELECT current_setting('autovacuum')::bool")
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap_or(false);
+                if autovacuum {
+                    tracing::info!(tables = ?refused, "this role may not VACUUM the tables (only their owner may); the server's autovacuum does it");
+                } else {
+                    tracing::warn!(tables = ?refused, "this role may not VACUUM the tables (only their owner may) and the server's autovacuum is off: dead rows will pile up; turn autovacuum on (production must run with it)");
+                }
                 return;
             }
             Err(error) => {

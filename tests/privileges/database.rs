@@ -47,6 +47,9 @@ async fn the_pipeline_runs_as_the_runtime_role_which_cannot_do_ddl() {
     let mut app = app
         .start_pipeline_as(&settings, RunOptions::default())
         .await;
+    // Ready: it reads `_sqlx_migrations` (granted read-only) like everything else.
+    let ready = app.call("GET", "/readyz", None, None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
     let person = Person::new(4822);
     let id = app.complete(&person, "issue").await;
     let uid: String = sqlx::query_scalar("SELECT uid FROM uid_registry WHERE phone = $1")
