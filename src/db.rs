@@ -29,6 +29,26 @@ pub enum DbError {
         /// What the driver said (shown in the message, not chained, to keep it one line).
         cause: sqlx::Error,
     },
+    /// Migrations are pending and this role may not apply them (it is not the owner).
+    #[error(
+        "{pending} migration(s) pending on {url} and role {role} may not apply them; run `uidflow migrate` as the database owner"
+    )]
+    Pending {
+        /// Redacted URL.
+        url: String,
+        /// Migrations not applied yet.
+        pending: usize,
+        /// The role we logged in as.
+        role: String,
+    },
+    /// Granting the runtime role its rights failed.
+    #[error("granting {RUNTIME_ROLE} its data rights on {url} failed ({cause})")]
+    Grant {
+        /// Redacted URL.
+        url: String,
+        /// What the server said (shown in the message, not chained).
+        cause: sqlx::Error,
+    },
     /// Migrations failed.
     #[error("applying migrations to {url} failed ({cause})")]
     Migrate {
@@ -68,12 +88,92 @@ pub async fn connect(settings: &Settings, max_connections: u32) -> Result<PgPool
         .map_err(unreachable)
 }
 
-/// Applies the embedded migrations (idempotent).
+/// The group role (NOLOGIN) that holds the data rights `uidflow run` needs and nothing more:
+/// SELECT, INSERT, UPDATE, DELETE on every table, USAGE and SELECT on every sequence, read-only
+/// on `_sqlx_migrations`; no CREATE on the schema, owns nothing. [`migrate`] creates it if
+/// missing and grants after every migration; the operator creates the login role in it
+/// (`CREATE ROLE uidflow_run LOGIN PASSWORD '…' IN ROLE uidflow_runtime`).
+pub const RUNTIME_ROLE: &str = "uidflow_runtime";
+
+/// Applies the embedded migrations (idempotent), then (re)grants [`RUNTIME_ROLE`] its data
+/// rights on every table and sequence, so a table a migration adds is covered. Run as the
+/// owner (`uidflow migrate`).
 pub async fn migrate(settings: &Settings, pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await.map_err(|cause| DbError::Migrate {
         url: settings.database_url_redacted(),
         cause,
+    })?;
+    grant_runtime(pool).await.map_err(|cause| DbError::Grant {
+        url: settings.database_url_redacted(),
+        cause,
     })
+}
+
+/// Creates [`RUNTIME_ROLE`] if missing and grants it the data rights on the current schema.
+pub async fn grant_runtime(pool: &PgPool) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    // Roles are cluster-wide: two databases migrated at once may both try to create it; the
+    // loser's duplicate is fine (caught inside the block, so the transaction goes on).
+    sqlx::raw_sql(
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'uidflow_runtime') THEN
+             CREATE ROLE uidflow_runtime NOLOGIN;
+           END IF;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+         END $$;
+         DO $$ BEGIN
+           EXECUTE format('GRANT USAGE ON SCHEMA %I TO uidflow_runtime', current_schema());
+           EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO uidflow_runtime', current_schema());
+           EXECUTE format('GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA %I TO uidflow_runtime', current_schema());
+           REVOKE INSERT, UPDATE, DELETE ON _sqlx_migrations FROM uidflow_runtime;
+         END $$;",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// The embedded migrations not yet applied to the database (all of them when it has none).
+pub async fn pending_migrations(pool: &PgPool) -> sqlx::Result<usize> {
+    let applied: Vec<i64> =
+        match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(applied) => applied,
+            // 42P01 undefined_table: never migrated.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Vec::new(),
+            Err(e) => return Err(e),
+        };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+        .count())
+}
+
+/// What `uidflow run` does: nothing when the database is up to date (so a role without DDL
+/// rights can run), else [`migrate`] if this role may create in the schema, else
+/// [`DbError::Pending`].
+pub async fn migrate_if_pending(settings: &Settings, pool: &PgPool) -> Result<(), DbError> {
+    let url = settings.database_url_redacted();
+    let unreachable = |cause| DbError::Unreachable {
+        url: url.clone(),
+        cause,
+    };
+    let pending = pending_migrations(pool).await.map_err(unreachable)?;
+    if pending == 0 {
+        return Ok(());
+    }
+    let (role, may_create): (String, bool) = sqlx::query_as(
+        "SELECT current_user::text, has_schema_privilege(current_schema(), 'CREATE')",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(unreachable)?;
+    if !may_create {
+        return Err(DbError::Pending { url, pending, role });
+    }
+    migrate(settings, pool).await
 }
 
 /// PostgreSQL text and jsonb cannot hold a NUL character. Text that came from outside (a

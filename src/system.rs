@@ -159,8 +159,19 @@ pub fn parse_part_concurrency(list: &str) -> Result<std::collections::BTreeMap<P
     Ok(map)
 }
 
-/// Connects to the database (creating it if missing), migrates it, and declares the topology.
+/// `uidflow run`'s start: connects to the database (creating it if missing), migrates it if
+/// migrations are pending (as the owner; a runtime role gets a clear error instead), and
+/// declares the topology.
 pub async fn prepare(settings: &Settings, max_connections: u32) -> anyhow::Result<PgPool> {
+    let pool = db::connect(settings, max_connections).await?;
+    db::migrate_if_pending(settings, &pool).await?;
+    amqp::declare_topology(settings).await?;
+    Ok(pool)
+}
+
+/// `uidflow migrate`: like [`prepare`], but always migrates and (re)grants the runtime role
+/// (run as the database owner).
+pub async fn migrate(settings: &Settings, max_connections: u32) -> anyhow::Result<PgPool> {
     let pool = db::connect(settings, max_connections).await?;
     db::migrate(settings, &pool).await?;
     amqp::declare_topology(settings).await?;

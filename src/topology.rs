@@ -100,6 +100,144 @@ pub fn queue_for(exchange: &str, routing_key: &str) -> Option<String> {
     }
 }
 
+/// A broker user of a deployment: what it is for decides what it may do on uidflow's vhost.
+///
+/// RabbitMQ checks, per vhost, three regexes against a resource's name: `configure` to declare
+/// or delete it, `write` to publish to an exchange or bind a queue (the queue side), `read` to
+/// consume from a queue or bind from an exchange (the exchange side). A queue declared with
+/// `x-dead-letter-exchange` also needs `read` on the queue and `write` on that exchange; the
+/// default exchange is checked as `amq.default`; a passive declare needs no permission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BrokerUser {
+    /// `uidflow run` and `uidflow migrate`: declares the topology, publishes to its
+    /// exchanges, consumes its queues; nothing on any other name.
+    Uidflow,
+    /// An intake system: publishes to `uid.intake` and nothing else.
+    Intake,
+    /// A system following `uid.events`: declares, binds and consumes queues of its own
+    /// (`uid-events.<system>…`, or server-named `amq.gen-…`) and never publishes.
+    Events,
+}
+
+/// Names an events follower's queues start with: `uid-events.<system>[.<anything>]`.
+pub const FOLLOWER_QUEUE_PREFIX: &str = "uid-events.";
+
+/// A user's configure, write and read regexes (RabbitMQ's `set_permissions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    /// Declare and delete.
+    pub configure: String,
+    /// Publish to (exchange), bind to (queue).
+    pub write: String,
+    /// Consume from (queue), bind from (exchange).
+    pub read: String,
+}
+
+impl BrokerUser {
+    /// Every broker user, in the order of the docs.
+    pub const ALL: [BrokerUser; 3] = [BrokerUser::Uidflow, BrokerUser::Intake, BrokerUser::Events];
+
+    /// The user's name in a deployment (definitions.json, `uidflow broker-users`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerUser::Uidflow => "uidflow",
+            BrokerUser::Intake => "uid-intake",
+            BrokerUser::Events => "uid-events",
+        }
+    }
+
+    /// What the user may do on uidflow's vhost.
+    pub fn permission(self) -> Permission {
+        let nothing = "^$".to_owned();
+        match self {
+            BrokerUser::Uidflow => {
+                // Exactly our exchanges and our queue families; the same for all three: our
+                // queues dead-letter to our exchanges, are bound from them and consumed by us.
+                let names = [
+                    INTAKE_EXCHANGE,
+                    EVENTS_EXCHANGE,
+                    DEAD_LETTER_EXCHANGE,
+                    WORK_EXCHANGE,
+                    RETRY_EXCHANGE,
+                    PARKING_EXCHANGE,
+                    DEAD_LETTER_QUEUE,
+                    PARKING_QUEUE,
+                ];
+                let mut alternatives: Vec<String> =
+                    names.iter().map(|n| regex::escape(n)).collect();
+                alternatives.sort();
+                alternatives.dedup();
+                for family in ["uid.intake.", "uid.step.", "uid.retry."] {
+                    alternatives.push(format!("{}.+", regex::escape(family)));
+                }
+                let ours = format!("^({})$", alternatives.join("|"));
+                Permission {
+                    configure: ours.clone(),
+                    write: ours.clone(),
+                    read: ours,
+                }
+            }
+            BrokerUser::Intake => Permission {
+                configure: nothing.clone(),
+                write: format!("^{}$", regex::escape(INTAKE_EXCHANGE)),
+                read: nothing,
+            },
+            BrokerUser::Events => {
+                let own = format!(r"{}.+|amq\.gen-.+", regex::escape(FOLLOWER_QUEUE_PREFIX));
+                Permission {
+                    configure: format!("^({own})$"),
+                    write: format!("^({own})$"),
+                    read: format!("^({own}|{})$", regex::escape(EVENTS_EXCHANGE)),
+                }
+            }
+        }
+    }
+}
+
+/// The `permissions` list of a definitions file: every [`BrokerUser`] by its name on `vhost`.
+pub fn permissions_definitions(vhost: &str) -> Value {
+    BrokerUser::ALL
+        .iter()
+        .map(|user| permission_definition(user.name(), *user, vhost))
+        .collect()
+}
+
+fn permission_definition(name: &str, user: BrokerUser, vhost: &str) -> Value {
+    let permission = user.permission();
+    json!({
+        "user": name, "vhost": vhost, "configure": permission.configure,
+        "write": permission.write, "read": permission.read
+    })
+}
+
+/// Definitions that create broker users with their passwords and permissions on `vhost`, for
+/// `rabbitmqctl import_definitions`. Each entry is (user name, what it is, password); the
+/// passwords leave only as RabbitMQ's salted SHA-256 hashes.
+pub fn users_definitions(users: &[(String, BrokerUser, String)], vhost: &str) -> Value {
+    json!({
+        "users": users.iter().map(|(name, _, password)| json!({
+            "name": name, "password_hash": rabbitmq_password_hash(password),
+            "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []
+        })).collect::<Vec<_>>(),
+        "permissions": users.iter().map(|(name, user, _)| permission_definition(name, *user, vhost)).collect::<Vec<_>>(),
+    })
+}
+
+/// RabbitMQ's `rabbit_password_hashing_sha256`: base64(salt ‖ SHA-256(salt ‖ password)),
+/// with a random 4-byte salt.
+pub fn rabbitmq_password_hash(password: &str) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let salt: [u8; 4] = rand::random();
+    let digest = Sha256::new()
+        .chain_update(salt)
+        .chain_update(password.as_bytes())
+        .finalize();
+    let mut bytes = salt.to_vec();
+    bytes.extend_from_slice(&digest);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Exchange types we use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ExchangeType {
@@ -288,7 +426,9 @@ impl Topology {
         }
     }
 
-    /// Renders the topology in RabbitMQ's definitions format, for vhost `/`.
+    /// Renders the topology in RabbitMQ's definitions format, for vhost `/`, with the
+    /// [`BrokerUser`] permissions (no `users`: passwords come from the operator, see
+    /// [`users_definitions`]; import the permissions after the users exist).
     pub fn definitions(&self) -> Value {
         let arg = |value: &Arg| match value {
             Arg::Str(text) => json!(text),
@@ -307,6 +447,7 @@ impl Topology {
                 "source": b.exchange, "vhost": "/", "destination": b.queue,
                 "destination_type": "queue", "routing_key": b.routing_key, "arguments": {}
             })).collect::<Vec<_>>(),
+            "permissions": permissions_definitions("/"),
         })
     }
 
@@ -473,6 +614,99 @@ mod tests {
         assert_eq!(
             Topology::from_definitions(&topology.definitions()),
             Ok(topology)
+        );
+    }
+
+    #[test]
+    fn the_uidflow_user_may_touch_every_name_of_the_topology_and_nothing_else() {
+        let ours = regex::Regex::new(&BrokerUser::Uidflow.permission().configure).unwrap();
+        let topology = Topology::with_code_ttl(
+            &[Duration::from_millis(200), Duration::from_secs(600)],
+            Some(Duration::from_secs(300)),
+        );
+        let names = topology
+            .exchanges
+            .iter()
+            .map(|e| e.name.clone())
+            .chain(topology.queues.iter().map(|q| q.name.clone()));
+        for name in names {
+            assert!(ours.is_match(&name), "{name}");
+        }
+        for other in [
+            "",
+            "amq.default",
+            "uid.intake2",
+            "uid-events.crm",
+            "amq.gen-x",
+            "uid.",
+            "uid.step.",
+        ] {
+            assert!(!ours.is_match(other), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn intake_writes_only_uid_intake_and_events_reads_but_never_writes_uid_events() {
+        let intake = BrokerUser::Intake.permission();
+        let write = regex::Regex::new(&intake.write).unwrap();
+        assert!(write.is_match(INTAKE_EXCHANGE));
+        for other in [
+            "amq.default",
+            WORK_EXCHANGE,
+            RETRY_EXCHANGE,
+            "uid.intake.application",
+            "uid.intakes",
+        ] {
+            assert!(!write.is_match(other), "{other}");
+        }
+        assert_eq!(
+            (intake.configure.as_str(), intake.read.as_str()),
+            ("^$", "^$")
+        );
+        let events = BrokerUser::Events.permission();
+        let (configure, write, read) = (
+            regex::Regex::new(&events.configure).unwrap(),
+            regex::Regex::new(&events.write).unwrap(),
+            regex::Regex::new(&events.read).unwrap(),
+        );
+        for own in ["uid-events.crm", "uid-events.crm.audit", "amq.gen-Xyz"] {
+            assert!(
+                configure.is_match(own) && write.is_match(own) && read.is_match(own),
+                "{own}"
+            );
+        }
+        assert!(read.is_match(EVENTS_EXCHANGE));
+        for never in [
+            EVENTS_EXCHANGE,
+            INTAKE_EXCHANGE,
+            "amq.default",
+            "uid.step.register",
+        ] {
+            assert!(
+                !write.is_match(never) && !configure.is_match(never),
+                "{never}"
+            );
+        }
+    }
+
+    #[test]
+    fn password_hashes_are_rabbitmq_salted_sha256() {
+        use base64::Engine;
+        use sha2::{Digest, Sha256};
+        let hash = rabbitmq_password_hash("secret");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&hash)
+            .unwrap();
+        assert_eq!(bytes.len(), 4 + 32);
+        let expected = Sha256::new()
+            .chain_update(&bytes[..4])
+            .chain_update(b"secret")
+            .finalize();
+        assert_eq!(bytes[4..], expected[..]);
+        assert_ne!(
+            hash,
+            rabbitmq_password_hash("secret"),
+            "a fresh salt each time"
         );
     }
 }

@@ -11,6 +11,11 @@
 //! autovacuum is off for a table, runs `VACUUM` on it when its dead rows pass the same kind of
 //! threshold autovacuum would use. `VACUUM (SKIP_LOCKED)` lets two processes, or a manual
 //! vacuum, never wait for each other. While autovacuum is on, this does nothing.
+//!
+//! PostgreSQL 15 lets only a table's owner (or the database's owner, or a superuser) vacuum
+//! it; for anyone else `VACUUM` just warns and skips. A process running as the runtime role
+//! (`db::RUNTIME_ROLE`) therefore checks once, says so in one line, and stops: with that
+//! role, the server's autovacuum must be on (as it must in production anyway).
 
 use std::time::Duration;
 
@@ -53,6 +58,28 @@ pub const TABLES: [Table; 2] = [
 
 /// How often the tables' statistics are read.
 pub const CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// The tables of [`TABLES`] the current role may not vacuum (it owns neither them nor the
+/// database and is no superuser).
+pub async fn not_permitted(pool: &PgPool) -> sqlx::Result<Vec<&'static str>> {
+    let names: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
+    let refused: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c
+         WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY ($1)
+           AND NOT (pg_has_role(c.relowner, 'USAGE')
+                    OR pg_has_role((SELECT datdba FROM pg_database
+                                    WHERE datname = current_database()), 'USAGE')
+                    OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user))",
+    )
+    .bind(&names)
+    .fetch_all(pool)
+    .await?;
+    Ok(TABLES
+        .iter()
+        .map(|t| t.name)
+        .filter(|name| refused.iter().any(|r| r == name))
+        .collect())
+}
 
 /// The tables of [`TABLES`] that need a vacuum now, because autovacuum is off for them and
 /// their dead rows passed the threshold.
@@ -114,8 +141,33 @@ pub async fn reclaim_once(pool: &PgPool) -> sqlx::Result<Vec<&'static str>> {
     Ok(done)
 }
 
-/// Runs [`reclaim_once`] every [`CHECK_EVERY`] until `token` is cancelled.
+/// Runs [`reclaim_once`] every [`CHECK_EVERY`] until `token` is cancelled; stops at once,
+/// with one line, when the role may not vacuum the tables (see the module's doc).
 pub async fn run(pool: PgPool, token: CancellationToken) {
+    loop {
+        match not_permitted(&pool).await {
+            Ok(refused) if refused.is_empty() => break,
+            Ok(refused) => {
+                let autovacuum: bool =
+                    sqlx::query_scalar("SELECT current_setting('autovacuum')::bool")
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap_or(false);
+                if autovacuum {
+                    tracing::info!(tables = ?refused, "this role may not VACUUM the tables (only their owner may); the server's autovacuum does it");
+                } else {
+                    tracing::warn!(tables = ?refused, "this role may not VACUUM the tables (only their owner may) and the server's autovacuum is off: dead rows will pile up; turn autovacuum on (production must run with it)");
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(error = %error, "cannot check vacuum rights now; will try again")
+            }
+        }
+        if !crate::retry::pause(&token, Some(CHECK_EVERY)).await {
+            return;
+        }
+    }
     loop {
         if let Err(error) = reclaim_once(&pool).await {
             tracing::debug!(error = %error, "cannot vacuum now; will try again");

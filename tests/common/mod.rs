@@ -81,13 +81,29 @@ pub const TEST_HASH_ENV: [(&str, &str); 2] =
 /// How long one `rabbitmqctl` call may take (it can hang on a node that is not answering).
 const RABBITMQCTL_TIMEOUT: &str = "120";
 
-fn rabbitmqctl(args: &[&str]) -> String {
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    rabbitmqctl_with_input(args, b"")
+}
+
+/// `rabbitmqctl` with `input` on its standard input (e.g. `import_definitions`); its output.
+pub fn rabbitmqctl_with_input(args: &[&str], input: &[u8]) -> String {
+    use std::io::Write;
     // coreutils' `timeout` bounds the call: a test fails with a message instead of hanging CI.
-    let output = Command::new("timeout")
+    let mut child = Command::new("timeout")
         .args([RABBITMQCTL_TIMEOUT, "rabbitmqctl"])
         .args(args)
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("timeout (coreutils) and rabbitmqctl are on the PATH (the harness creates a vhost per test)");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input)
+        .expect("rabbitmqctl reads its input");
+    let output = child.wait_with_output().expect("rabbitmqctl ends");
     assert!(
         output.status.code() != Some(124),
         "rabbitmqctl {args:?} did not answer within {RABBITMQCTL_TIMEOUT} s"
@@ -139,6 +155,47 @@ impl TestApp {
         options: RunOptions,
         overrides: &[(&str, &str)],
     ) -> Self {
+        let app = Self::prepare_pipeline_env(code_ttl, overrides).await;
+        let (settings, pool) = (app.settings.clone(), app.pool.clone());
+        app.run_pipeline(&settings, &pool, options).await
+    }
+
+    /// Starts the whole pipeline of a [`TestApp::prepare_pipeline`] app as `uidflow run` would
+    /// with `settings` (e.g. other credentials in `AMQP_URL` / `DATABASE_URL`): its own start
+    /// (`system::prepare`) and pool. The test keeps the owner's pool and guest's channel.
+    pub async fn start_pipeline_as(self, settings: &Settings, options: RunOptions) -> Self {
+        let pool = system::prepare(settings, 16)
+            .await
+            .expect("the system's start succeeds with these credentials");
+        self.run_pipeline(settings, &pool, options).await
+    }
+
+    async fn run_pipeline(self, settings: &Settings, pool: &PgPool, options: RunOptions) -> Self {
+        let (tokens, plain) = test_tokens();
+        let options = RunOptions {
+            tokens: Some(tokens),
+            ..options
+        };
+        let running = uidflow_cli::start(settings, pool, &options, Default::default())
+            .await
+            .expect("the pipeline starts");
+        let api = running.system.api_addr.map(|addr| format!("http://{addr}"));
+        Self {
+            system: Some(running.system),
+            api,
+            tokens: plain,
+            ..self
+        }
+    }
+
+    /// A fresh vhost and database for the whole pipeline (simulators served by the test,
+    /// short retry delays, `PHONE_CODE_TTL` of `code_ttl`), migrated, with nothing running.
+    pub async fn prepare_pipeline(code_ttl: &str) -> Self {
+        Self::prepare_pipeline_env(code_ttl, &[]).await
+    }
+
+    /// [`TestApp::prepare_pipeline`] with overriding configuration variables.
+    pub async fn prepare_pipeline_env(code_ttl: &str, overrides: &[(&str, &str)]) -> Self {
         let token = tokio_util::sync::CancellationToken::new();
         let (sim, addr) = uidflow::sim::spawn_local(uidflow::sim::SimConfig::default(), token)
             .await
@@ -155,20 +212,8 @@ impl TestApp {
         let mut extra = extra.to_vec();
         extra.extend(overrides.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let app = Self::prepare_with(&extra).await;
-        let (tokens, plain) = test_tokens();
-        let options = RunOptions {
-            tokens: Some(tokens),
-            ..options
-        };
-        let running = uidflow_cli::start(&app.settings, &app.pool, &options, Default::default())
-            .await
-            .expect("the pipeline starts");
-        let api = running.system.api_addr.map(|addr| format!("http://{addr}"));
         Self {
-            system: Some(running.system),
             sim: Some(sim),
-            api,
-            tokens: plain,
             ..app
         }
     }

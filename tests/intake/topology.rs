@@ -30,6 +30,15 @@ fn definitions_json_describes_the_same_topology_as_the_code() {
     );
 }
 
+#[test]
+fn definitions_json_carries_the_broker_users_permissions_of_the_code() {
+    assert_eq!(
+        shipped()["permissions"],
+        uidflow::topology::permissions_definitions("/"),
+        "regenerate with: cargo run -p uidflow-cli -- migrate --print-definitions > {DEFINITIONS}"
+    );
+}
+
 fn table(arguments: &BTreeMap<String, Arg>) -> FieldTable {
     let mut table = FieldTable::default();
     for (key, value) in arguments {

@@ -52,6 +52,19 @@ enum Command {
         #[arg(long)]
         print_definitions: bool,
     },
+    /// Broker users and their permissions as RabbitMQ definitions, for
+    /// `rabbitmqctl import_definitions`: passwords are read from files and printed only as
+    /// RabbitMQ's salted hashes.
+    #[command(name = "broker-users")]
+    BrokerUsers {
+        /// A directory with one file per user, named after it (`uidflow`, `uid-intake`,
+        /// `uid-events`) and holding its password; a user without a file is left out.
+        #[arg(long, value_name = "DIR")]
+        passwords: PathBuf,
+        /// The vhost to grant on (default: the one of AMQP_URL).
+        #[arg(long)]
+        vhost: Option<String>,
+    },
     /// Publish applications as an intake system would (publisher confirms).
     Submit {
         /// Files, directories (their *.json files) or `-` for standard input.
@@ -196,6 +209,7 @@ async fn main() -> ExitCode {
         Command::Migrate {
             print_definitions: false,
         } => migrate(settings).await,
+        Command::BrokerUsers { passwords, vhost } => broker_users(&settings, &passwords, vhost),
         Command::Submit {
             paths,
             routing_key,
@@ -276,6 +290,52 @@ async fn main() -> ExitCode {
     }
 }
 
+fn broker_users(
+    settings: &Settings,
+    dir: &std::path::Path,
+    vhost: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    use secrecy::ExposeSecret;
+    use uidflow::topology::{BrokerUser, users_definitions};
+    let vhost = match vhost {
+        Some(vhost) => vhost,
+        None => {
+            let uri: lapin::uri::AMQPUri = settings
+                .amqp_url
+                .expose_secret()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("AMQP_URL: {e}"))?;
+            uri.vhost
+        }
+    };
+    let mut users = Vec::new();
+    for user in BrokerUser::ALL {
+        let path = dir.join(user.name());
+        match std::fs::read_to_string(&path) {
+            Ok(text) if !text.trim().is_empty() => {
+                users.push((user.name().to_owned(), user, text.trim().to_owned()));
+            }
+            Ok(_) => anyhow::bail!("{} is empty; write the password in it", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("no {}: user {} left out", path.display(), user.name());
+            }
+            Err(e) => anyhow::bail!("cannot read {} ({e})", path.display()),
+        }
+    }
+    if users.is_empty() {
+        anyhow::bail!(
+            "no password file in {}; create uidflow, uid-intake and/or uid-events there",
+            dir.display()
+        );
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&users_definitions(&users, &vhost))
+            .expect("definitions serialise")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn remote_status(
     remote: &remote::Remote,
     ids: &[uuid::Uuid],
@@ -295,7 +355,7 @@ fn usage(message: &str) -> ExitCode {
 }
 
 async fn migrate(settings: Settings) -> anyhow::Result<ExitCode> {
-    let pool = system::prepare(&settings, 2).await?;
+    let pool = system::migrate(&settings, 2).await?;
     pool.close().await;
     println!(
         "migrations applied to {} and topology declared on {}",
