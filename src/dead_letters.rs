@@ -791,13 +791,9 @@ fn mask_json(value: &mut Value, key: Option<&str>) -> bool {
             by_shape
         }
         // A phone or a code sent as a JSON number is masked like the string would be.
-        Value::Number(number) => {
-            if secret || mask_bytes(number.to_string().as_bytes()).1 {
-                *value = Value::from("***");
-                true
-            } else {
-                false
-            }
+        Value::Number(number) if secret || mask_bytes(number.to_string().as_bytes()).1 => {
+            *value = Value::from("***");
+            true
         }
         _ => false,
     }
