@@ -359,6 +359,63 @@ mod tests {
         }
     }
 
+    /// Values under keys naming personal data or secrets are masked whatever their shape: a
+    /// phone in words, a name no pattern knows, a code with spaces, a date of birth.
+    #[test]
+    fn values_are_masked_by_their_field_names_whatever_their_shape() {
+        let body = br#"{"applicant": {"Surname": "Smith", "given_name": "Jo", "DATE_OF_BIRTH": "1985-03-14",
+            "Names": ["Ann", "Lee"], "identificationNumber": "not-a-shape"},
+            "code": "12 34 56", "contact": {"phone": "two nine one four four"},
+            "document": {"number": "AB 1"}, "temporary_password": {"value": "hunter2"},
+            "kind": "issue", "step": "register"}"#;
+        let shown = show_body(body);
+        let text = shown.content.to_string();
+        for secret in [
+            "Smith",
+            "\"Jo\"",
+            "1985",
+            "Ann",
+            "Lee",
+            "not-a-shape",
+            "12 34 56",
+            "two nine",
+            "AB 1",
+            "hunter2",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(shown.masked && shown.raw_base64.is_none());
+        assert_eq!(shown.content["applicant"]["Surname"], "S***");
+        assert_eq!(shown.content["kind"], "issue");
+        assert_eq!(shown.content["step"], "register");
+
+        // Not JSON (truncated): the same keys, quoted or not, by text.
+        let truncated = &body[..body.len() - 40];
+        let text =
+            String::from_utf8(show_body(truncated).content.as_str().unwrap().into()).unwrap();
+        for secret in ["Smith", "1985", "12 34 56", "two nine", "not-a-shape"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+
+    #[test]
+    fn headers_are_masked_by_field_name_inside_tables_and_json_strings() {
+        let headers = json!({
+            "x-uid-step": "register",
+            "x-applicant": "{\"surname\": \"Smith\", \"phone\": \"two nine one\"}",
+            "x-death": [{"queue": "uid.step.register", "count": 1,
+                "original": {"Date-Of-Birth": "1985-03-14", "code": 123456}}],
+            "X-Phone": "+375 29 one two three",
+            "x-password": "hunter2",
+        });
+        let shown = show_headers(headers).to_string();
+        for secret in ["Smith", "two nine", "1985", "123456", "one two", "hunter2"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("uid.step.register"), "{shown}");
+        assert!(shown.contains("\"x-uid-step\":\"register\""), "{shown}");
+    }
+
     #[test]
     fn queues_map_to_their_steps() {
         for (queue, step) in [
@@ -538,9 +595,16 @@ pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeadLetterDetail
     Ok(Some(DeadLetterDetail {
         summary: summary_of(&row),
         routing_key: row.get("routing_key"),
-        headers: row.get("headers"),
+        headers: show_headers(row.get("headers")),
         body: show_body(&body),
     }))
+}
+
+/// The headers for an operator: values under keys naming personal data or secrets masked,
+/// at any depth (AMQP tables are JSON objects here), and JSON inside string values too.
+pub fn show_headers(mut headers: Value) -> Value {
+    mask_json(&mut headers, None);
+    headers
 }
 
 /// The body for an operator: JSON with personal data and secrets masked, text, or base64.
@@ -598,26 +662,89 @@ fn mask_bytes(bytes: &[u8]) -> (Vec<u8>, bool) {
     static FIELD: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
         // Any byte but a quote, so an invalid byte inside the value does not end the match.
         Regex::new(
-            r#"("(?:surname|given_name|patronymic|number|code|password)"\s*:\s*")(?-u:[^"])*"#,
+            r#"(?i)("[a-z_.\- ]*(?:surname|given_?name|patronymic|names|number|code|password|phone|birth|dob)"\s*:\s*)(?:"(?-u:[^"])*"?|[^,}\]\s"]+)"#,
         )
         .expect("a valid pattern")
     });
-    let fields = FIELD.replace_all(bytes, &b"${1}***"[..]);
+    let fields = FIELD.replace_all(bytes, &b"${1}\"***\""[..]);
     let numbers = NUMBER.replace_all(&fields, &b"${1}***${2}"[..]);
     let phones = PHONE.replace_all(&numbers, &b"***"[..]);
     let masked = phones.as_ref() != bytes;
     (phones.into_owned(), masked)
 }
 
-/// Masks personal data and secrets anywhere in a JSON value: names, document numbers, codes and
-/// passwords by their keys; identification numbers and phones by their shape. True if anything
+/// Keys whose values are personal data or secrets, whatever they look like, compared in
+/// lower case without `_`, `-`, `.` or spaces (`dateOfBirth`, `date-of-birth` and
+/// `DATE_OF_BIRTH` are one key).
+const SECRET_KEYS: [&str; 25] = [
+    "identificationnumber",
+    "idnumber",
+    "personalnumber",
+    "number",
+    "documentnumber",
+    "phone",
+    "phonenumber",
+    "newphone",
+    "oldphone",
+    "surname",
+    "givenname",
+    "patronymic",
+    "names",
+    "fullname",
+    "firstname",
+    "lastname",
+    "middlename",
+    "dateofbirth",
+    "birthdate",
+    "dob",
+    "code",
+    "password",
+    "temporarypassword",
+    "secret",
+    "token",
+];
+
+/// Name-like keys: the first letter stays, so an operator can tell two people apart.
+const NAME_KEYS: [&str; 6] = [
+    "surname",
+    "givenname",
+    "patronymic",
+    "firstname",
+    "lastname",
+    "middlename",
+];
+
+fn normalised(key: &str) -> String {
+    key.chars()
+        .filter(|c| !matches!(c, '_' | '-' | '.' | ' '))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// True if the values under `key` are masked whatever their shape.
+fn secret_key(key: &str) -> bool {
+    let key = normalised(key);
+    SECRET_KEYS.contains(&key.as_str()) || key.contains("password") || key.contains("phone")
+}
+
+/// Masks personal data and secrets anywhere in a JSON value (a body, or headers): every value
+/// under a key naming personal data or a secret ([`SECRET_KEYS`], at any depth, whatever its
+/// shape), and identification numbers and phones by their shape elsewhere. A string that is
+/// itself a JSON object or array (a header carrying JSON) is masked inside. True if anything
 /// was masked.
 fn mask_json(value: &mut Value, key: Option<&str>) -> bool {
+    let secret = key.is_some_and(secret_key);
     match value {
         Value::Object(map) => {
             let mut masked = false;
-            for (key, child) in map.iter_mut() {
-                masked |= mask_json(child, Some(key));
+            for (child_key, child) in map.iter_mut() {
+                // Everything under a secret key is secret (`"phone": {"new": …}`).
+                let key = if secret {
+                    key
+                } else {
+                    Some(child_key.as_str())
+                };
+                masked |= mask_json(child, key);
             }
             // Keys are data too: a number or a phone used as a key is masked like a value.
             if map.keys().any(|k| mask_bytes(k.as_bytes()).1) {
@@ -635,32 +762,42 @@ fn mask_json(value: &mut Value, key: Option<&str>) -> bool {
         Value::Array(items) => items
             .iter_mut()
             .fold(false, |masked, item| mask_json(item, key) | masked),
-        Value::String(text) => {
-            let replacement = match key {
-                Some("surname" | "given_name" | "patronymic") => Some(
-                    text.chars()
-                        .next()
-                        .map(|c| format!("{c}***"))
-                        .unwrap_or_default(),
-                ),
-                Some("number" | "code" | "password") => Some("***".to_owned()),
-                _ => None,
+        Value::String(text) if secret => {
+            let key = key.map(normalised).unwrap_or_default();
+            *text = match text.chars().next() {
+                Some(first) if NAME_KEYS.contains(&key.as_str()) && first.is_alphabetic() => {
+                    format!("{first}***")
+                }
+                // The API's usual mask (first 8 and last 3 kept), or `***` if not that shape.
+                _ if key == "identificationnumber" => {
+                    crate::domain::mask_identification_number(text)
+                }
+                _ => "***".to_owned(),
             };
+            true
+        }
+        Value::String(text) => {
+            // A header value (or a field) holding JSON: masked inside, kept as a string.
+            let trimmed = text.trim_start();
+            if (trimmed.starts_with('{') || trimmed.starts_with('['))
+                && let Ok(mut inner) = serde_json::from_str::<Value>(text)
+            {
+                let masked = mask_json(&mut inner, key);
+                if masked {
+                    *text = inner.to_string();
+                }
+                return masked;
+            }
             let (shown, by_shape) = mask_bytes(text.as_bytes());
-            let shown = replacement.unwrap_or_else(|| String::from_utf8_lossy(&shown).into_owned());
-            let masked = by_shape || shown != *text;
-            *text = shown;
-            masked
+            if by_shape {
+                *text = String::from_utf8_lossy(&shown).into_owned();
+            }
+            by_shape
         }
         // A phone or a code sent as a JSON number is masked like the string would be.
-        Value::Number(number) => {
-            let secret_key = matches!(key, Some("number" | "code" | "password"));
-            if secret_key || mask_bytes(number.to_string().as_bytes()).1 {
-                *value = Value::from("***");
-                true
-            } else {
-                false
-            }
+        Value::Number(number) if secret || mask_bytes(number.to_string().as_bytes()).1 => {
+            *value = Value::from("***");
+            true
         }
         _ => false,
     }

@@ -10,9 +10,23 @@
 //! delivery's span joins the trace its `traceparent` names.
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use url::Url;
 
 use crate::config::LogFormat;
+
+/// Levels no `RUST_LOG` can lift, applied on top of it: lapin and its protocol crate log
+/// frames (with message bodies: personal data) at debug and trace, sqlx logs statements at
+/// info and debug.
+pub fn caps() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("lapin", LevelFilter::INFO)
+        .with_target("amq_protocol", LevelFilter::INFO)
+        .with_target("sqlx", LevelFilter::WARN)
+}
 
 /// Installs the global subscriber. Safe to call more than once: later calls do nothing.
 /// `otlp_endpoint` (`Settings::otlp_endpoint`) turns on the OTLP export in a build with the
@@ -34,14 +48,76 @@ pub fn init_with_default(format: LogFormat, otlp_endpoint: Option<&Url>, default
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.finish().with(caps()).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(caps())
+            .try_init(),
     };
     #[cfg(not(feature = "otel"))]
     if otlp_endpoint.is_some() {
         tracing::warn!(
             "OTEL_EXPORTER_OTLP_ENDPOINT is set but this build has no OpenTelemetry export; build with --features uidflow/otel"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn rust_log_cannot_lift_the_caps_on_lapin_and_sqlx() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new(
+                "trace,lapin=trace,lapin::channel=trace,amq_protocol=trace,sqlx=trace,sqlx::query=trace",
+            ))
+            .with_writer(move || writer.clone())
+            .finish()
+            .with(caps());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::trace!(target: "lapin::channel", "frame-with-a-body");
+            tracing::debug!(target: "lapin", "lapin-debug");
+            tracing::trace!(target: "amq_protocol::frame", "amq-frame");
+            tracing::info!(target: "sqlx::query", "select-statement");
+            tracing::debug!(target: "sqlx_core::pool", "pool-debug");
+            tracing::info!(target: "lapin::connection", "lapin-info");
+            tracing::warn!(target: "sqlx::query", "slow-statement-warning");
+            tracing::trace!(target: "uidflow::runtime", "our-trace");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        for hidden in [
+            "frame-with-a-body",
+            "lapin-debug",
+            "amq-frame",
+            "select-statement",
+            "pool-debug",
+        ] {
+            assert!(!text.contains(hidden), "{hidden} logged: {text}");
+        }
+        for shown in ["lapin-info", "slow-statement-warning", "our-trace"] {
+            assert!(text.contains(shown), "{shown} missing: {text}");
+        }
     }
 }
 
@@ -113,6 +189,7 @@ pub(crate) mod otel {
                 .flatten_event(true)
         });
         let installed = tracing_subscriber::registry()
+            .with(super::caps())
             .with(filter)
             .with(text)
             .with(json)
@@ -293,6 +370,9 @@ pub mod metrics {
     pub const QUEUE_MESSAGES: &str = "uidflow_queue_messages";
     /// Gauge of consumers of a queue (sampled likewise), by `queue`.
     pub const QUEUE_CONSUMERS: &str = "uidflow_queue_consumers";
-    /// Counter of HTTP API requests, by `route` and `status`.
+    /// Counter of HTTP API answers, by `route` (the matched template, or `unmatched`),
+    /// `method` and `status`.
     pub const HTTP_REQUESTS_TOTAL: &str = "uidflow_http_requests_total";
+    /// Histogram of the time to answer an HTTP API request, by `route` and `method`.
+    pub const HTTP_REQUEST_DURATION_SECONDS: &str = "uidflow_http_request_duration_seconds";
 }

@@ -9,15 +9,17 @@
 //! What the API sends to the broker (a typed-back code, a replay) goes through the outbox.
 
 pub mod auth;
+pub mod sampler;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -32,7 +34,7 @@ use crate::config::Settings;
 use crate::dead_letters::{self, ActionError};
 use crate::domain::{Kind, Status};
 use crate::telemetry::{self, metrics as names};
-use crate::topology::{self, Topology};
+use crate::topology;
 use auth::{Caller, Role, Tokens};
 
 /// An API error, as `{"error": {"code", "message"}}` with its status.
@@ -80,11 +82,7 @@ impl IntoResponse for ApiError {
                 "internal error; see the server log".to_owned(),
             ),
         };
-        let mut response = (
-            status,
-            Json(json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response();
+        let mut response = error_body(status, code, &message);
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -92,6 +90,15 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The JSON error shape every error answer has.
+fn error_body(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -104,6 +111,27 @@ impl From<sqlx::Error> for ApiError {
 /// Totals per queue at one moment, for rates between two `/v1/queues` calls.
 type QueueSample = (Instant, HashMap<String, telemetry::QueueTotals>);
 
+/// The bounds the API puts on a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body (413 above it).
+    pub body_bytes: usize,
+    /// Longest a request may take once its head is read (503 after it).
+    pub request_timeout: Duration,
+    /// Longest a client may take to send a request's head (the connection is closed after it).
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            body_bytes: 16 * 1024,
+            request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
@@ -113,18 +141,36 @@ pub struct ApiState {
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
     /// The last `/v1/queues` sample, for rates.
     last_sample: Arc<Mutex<Option<QueueSample>>>,
+    /// Queue depths for `/metrics` and `/v1/queues`.
+    sampler: Arc<sampler::QueueSampler>,
+    limits: Limits,
 }
 
 impl ApiState {
     /// State for the API of `settings`.
     pub fn new(settings: Settings, pool: PgPool, tokens: Tokens) -> Self {
         Self {
+            sampler: Arc::new(sampler::QueueSampler::new(
+                settings.clone(),
+                sampler::SAMPLE_TTL,
+            )),
             pool,
             settings,
             tokens: Arc::new(tokens),
             prometheus: telemetry::prometheus(),
             last_sample: Arc::new(Mutex::new(None)),
+            limits: Limits::default(),
         }
+    }
+
+    /// The same state with other limits (tests shorten the timeouts).
+    pub fn with_limits(self, limits: Limits) -> Self {
+        Self { limits, ..self }
+    }
+
+    /// The queue sampler of this API.
+    pub fn queue_sampler(&self) -> Arc<sampler::QueueSampler> {
+        Arc::clone(&self.sampler)
     }
 }
 
@@ -156,6 +202,7 @@ fn operator(caller: &Caller) -> Result<(), ApiError> {
 
 /// The router with every route.
 pub fn router(state: ApiState) -> Router {
+    let limits = state.limits;
     Router::new()
         .route("/v1/applications", get(list_applications))
         .route("/v1/applications/{id}", get(get_application))
@@ -173,19 +220,161 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        // Route layers run after routing: innermost the timeout, then the route's template
+        // handed out to `observe` (outside the router, where it would not be known yet).
+        .route_layer(middleware::from_fn_with_state(
+            limits.request_timeout,
+            time_limit,
+        ))
+        .route_layer(middleware::from_fn(tag_route))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(limits.body_bytes))
+        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(observe))
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `token` is cancelled.
+/// A request's route template (`/v1/applications/{id}`), never its path: ids are no labels.
+#[derive(Debug, Clone)]
+struct RouteLabel(String);
+
+async fn tag_route(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let mut response = next.run(request).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(RouteLabel(route));
+    }
+    response
+}
+
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable(format!(
+            "the request took longer than {}; try again",
+            humantime::format_duration(limit)
+        ))
+        .into_response(),
+    }
+}
+
+/// Counts every answer by route, method and status, and times it.
+async fn observe(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let route = response
+        .extensions()
+        .get::<RouteLabel>()
+        .map_or_else(|| "unmatched".to_owned(), |r| r.0.clone());
+    // Any method string a client invents would be a label value: only the standard ones count.
+    let method = match method.as_str() {
+        "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => method,
+        _ => "other".to_owned(),
+    };
+    ::metrics::counter!(names::HTTP_REQUESTS_TOTAL, "route" => route.clone(),
+        "method" => method.clone(), "status" => response.status().as_u16().to_string())
+    .increment(1);
+    ::metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS, "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Gives axum's own refusals (a body over the limit, a wrong method, a path or query it could
+/// not parse) the JSON error shape of every other error.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let mut shaped = error_body(status, code, &message);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            shaped.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    shaped.extensions_mut().extend(parts.extensions);
+    shaped
+}
+
+/// Serves the API on `listener` until `token` is cancelled, with the limits of `state`: a
+/// client that does not finish a request's head within `header_read_timeout` is disconnected.
+/// (`axum::serve` sets no header timeout, so the accept loop is hyper-util's.)
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     token: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(token.cancelled_owned())
-        .await
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let limits = state.limits;
+    let app = router(state);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            () = token.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %error, "the API cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service =
+            hyper_util::service::TowerToHyperService::new(app.clone().map_request(
+                |request: hyper::Request<hyper::body::Incoming>| request.map(Body::new),
+            ));
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %error, "an API connection ended with an error");
+            }
+        });
+    }
+    // Requests under way finish (each is bounded by the request timeout).
+    let _ = tokio::time::timeout(limits.request_timeout, graceful.shutdown()).await;
+    Ok(())
 }
 
 fn parse_id(text: &str) -> Result<Uuid, ApiError> {
@@ -351,55 +540,17 @@ async fn confirm_phone(
         .into_response())
 }
 
-/// Samples every uidflow queue: depth and consumers from the broker (passive declares over
-/// AMQP, no management plugin), totals from this process's counters.
-async fn sample_queues(settings: &Settings) -> Result<Vec<(String, u32, u32)>, ApiError> {
-    let connection = crate::amqp::connect_once(settings, "api")
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("cannot reach RabbitMQ ({e})")))?;
-    let mut out = Vec::new();
-    for queue in Topology::for_settings(settings).queues {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("RabbitMQ: {e}")))?;
-        let options = lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        match channel
-            .queue_declare(queue.name.as_str().into(), options, Default::default())
-            .await
-        {
-            Ok(declared) => {
-                out.push((
-                    queue.name.clone(),
-                    declared.message_count(),
-                    declared.consumer_count(),
-                ));
-                let closing = channel.close(200, "sampled".into());
-                let _ = tokio::time::timeout(crate::amqp::CLOSE_TIMEOUT, closing).await;
-            }
-            // Not declared (yet) on this broker: shown empty rather than failing the whole list.
-            Err(_) => out.push((queue.name.clone(), 0, 0)),
-        }
-    }
-    crate::amqp::close(&connection, 200, "sampled").await;
-    for (name, messages, consumers) in &out {
-        ::metrics::gauge!(names::QUEUE_MESSAGES, "queue" => name.clone()).set(f64::from(*messages));
-        ::metrics::gauge!(names::QUEUE_CONSUMERS, "queue" => name.clone())
-            .set(f64::from(*consumers));
-    }
-    Ok(out)
-}
-
 async fn queues(State(state): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
     operator(&caller)?;
-    let sampled = sample_queues(&state.settings).await?;
+    let sampled = state
+        .sampler
+        .sample()
+        .await
+        .map_err(ApiError::Unavailable)?;
     let now = Instant::now();
     let totals: HashMap<String, telemetry::QueueTotals> = sampled
         .iter()
-        .map(|(name, _, _)| (name.clone(), telemetry::queue_totals(name)))
+        .map(|q| (q.name.clone(), telemetry::queue_totals(&q.name)))
         .collect();
     let previous = state
         .last_sample
@@ -418,10 +569,10 @@ async fn queues(State(state): State<ApiState>, caller: Caller) -> Result<Respons
     };
     let list: Vec<Value> = sampled
         .iter()
-        .map(|(name, messages, consumers)| {
-            let t = totals[name];
+        .map(|q| {
+            let (name, t) = (q.name.as_str(), totals[&q.name]);
             json!({
-                "name": name, "messages": messages, "consumers": consumers,
+                "name": name, "messages": q.messages, "consumers": q.consumers,
                 "published_total": t.published, "acked_total": t.acked, "redelivered_total": t.redelivered,
                 "publish_rate": rate(name, |t| t.published), "ack_rate": rate(name, |t| t.acked),
                 "redeliver_rate": rate(name, |t| t.redelivered),
@@ -480,6 +631,9 @@ async fn get_dead_letter(
     }
 }
 
+/// The longest `reason` of a replay or a discard, in characters (not bytes).
+pub const MAX_REASON_CHARS: usize = 500;
+
 fn reason_of(body: &Bytes) -> Result<String, ApiError> {
     let request: Value = serde_json::from_slice(body)
         .map_err(|_| ApiError::BadRequest("the body must be JSON: {\"reason\": \"…\"}".into()))?;
@@ -487,12 +641,12 @@ fn reason_of(body: &Bytes) -> Result<String, ApiError> {
         .get("reason")
         .and_then(Value::as_str)
         .map(str::trim)
-        .filter(|r| !r.is_empty() && r.len() <= 500)
+        .filter(|r| !r.is_empty() && r.chars().count() <= MAX_REASON_CHARS)
         .map(str::to_owned)
         .ok_or_else(|| {
-            ApiError::BadRequest(
-                "reason must be a non-empty string of at most 500 characters".into(),
-            )
+            ApiError::BadRequest(format!(
+                "reason must be a non-empty string of at most {MAX_REASON_CHARS} characters"
+            ))
         })
 }
 
@@ -544,7 +698,7 @@ async fn discard_dead_letter(
 
 async fn metrics(State(state): State<ApiState>) -> Response {
     // Queue depths are sampled when scraped; a broker outage leaves the last values.
-    let _ = sample_queues(&state.settings).await;
+    let _ = state.sampler.sample().await;
     (
         [(
             header::CONTENT_TYPE,

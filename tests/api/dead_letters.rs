@@ -188,3 +188,57 @@ async fn a_discard_is_recorded_with_who_when_and_why_and_malformed_letters_are_n
     );
     app.stop().await;
 }
+
+/// Operators see dead-letter bodies and headers masked by field name, whatever the values look
+/// like; a `reason` is limited in characters, so 500 Cyrillic letters (1 000 bytes) are taken.
+#[tokio::test]
+async fn dead_letters_are_masked_by_field_name_and_reasons_count_characters() {
+    let app = TestApp::spawn().await;
+    let openapi = OpenApi::load();
+    let body =
+        br#"{"applicant":{"surname":"Smith","date_of_birth":"1985-03-14"},"code":"12 34 56"}"#;
+    let headers = json!({
+        "x-applicant": "{\"given_name\": \"Jo\", \"phone\": \"two nine one four\"}",
+        "x-contact": {"Phone": "two nine one five", "patronymic": "Petrovich"},
+        "x-office": "minsk-1",
+    });
+    app.publish_with_headers("application", body, None, &headers)
+        .await;
+    let rows = app.wait_for_dead_letters(1).await;
+    let id: i64 = sqlx::Row::get(&rows[0], "id");
+    let path = format!("/v1/dead-letters/{id}");
+    let shown = app.call("GET", &path, Some("operator"), None).await;
+    assert_eq!(shown.status, 200, "{}", shown.text);
+    openapi.check_json("GET", &path, 200, &shown.json).unwrap();
+    for secret in ["Smith", "1985", "12 34 56", "\"Jo", "two nine", "Petrovich"] {
+        assert!(!shown.text.contains(secret), "{secret} in {}", shown.text);
+    }
+    assert_eq!(shown.json["body"]["masked"], true);
+    assert!(shown.json["body"].get("raw_base64").is_none());
+    assert_eq!(shown.json["headers"]["x-office"], "minsk-1");
+
+    let cyrillic = |n: usize| "я".repeat(n);
+    let too_long = app
+        .call(
+            "POST",
+            &format!("{path}/replay"),
+            Some("operator"),
+            Some(json!({"reason": cyrillic(501)})),
+        )
+        .await;
+    assert_eq!(too_long.status, 400, "{}", too_long.text);
+    openapi
+        .check_json("POST", &format!("{path}/replay"), 400, &too_long.json)
+        .unwrap();
+    let discarded = app
+        .call(
+            "DELETE",
+            &path,
+            Some("operator"),
+            Some(json!({"reason": cyrillic(500)})),
+        )
+        .await;
+    assert_eq!(discarded.status, 200, "{}", discarded.text);
+    assert_eq!(discarded.json["state_reason"], cyrillic(500));
+    app.stop().await;
+}

@@ -3,6 +3,7 @@
 //! read each code from the SMS gateway's read-back (the simulator's `GET /v1/messages`) and
 //! publish it as a phone confirmation. For demos and trials, not for production.
 
+use crate::terminal;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -104,9 +105,9 @@ pub async fn follow(
         match statuses.get(id) {
             Some(row) => println!(
                 "{id}  {:<12}  {:<11}  {}",
-                row.kind.as_deref().unwrap_or("-"),
-                row.status,
-                row.reason.as_deref().unwrap_or("")
+                terminal::escape(row.kind.as_deref().unwrap_or("-")),
+                terminal::escape(&row.status),
+                terminal::escape(row.reason.as_deref().unwrap_or(""))
             ),
             None => println!("{id}  {:<12}  {:<11}", "-", "(unknown)"),
         }

@@ -9,6 +9,7 @@ mod remote;
 mod resources;
 mod status;
 mod submit;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

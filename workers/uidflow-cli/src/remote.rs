@@ -2,6 +2,7 @@
 //! `uidflow dead-letters list | show | replay | discard` and `uidflow status --api`.
 //! Tables for people, `--json` for scripts.
 
+use crate::terminal;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -65,7 +66,12 @@ impl Remote {
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
             let message = body["error"]["message"].as_str().unwrap_or("no message");
-            anyhow::bail!("{} answered {}: {message}", self.base, status.as_u16());
+            anyhow::bail!(
+                "{} answered {}: {}",
+                self.base,
+                status.as_u16(),
+                terminal::escape(message)
+            );
         }
         Ok(body)
     }
@@ -80,7 +86,7 @@ impl Remote {
             )
             .await?;
         if json_out {
-            println!("{}", serde_json::to_string_pretty(&view)?);
+            println!("{}", terminal::json(&view));
         }
         Ok(view)
     }
@@ -89,8 +95,8 @@ impl Remote {
 fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => terminal::escape(s).into_owned(),
+        other => terminal::escape(&other.to_string()).into_owned(),
     }
 }
 
@@ -117,7 +123,7 @@ pub async fn dead_letters(remote: &Remote, args: &DeadLetterArgs) -> anyhow::Res
             let path = format!("/v1/dead-letters?state={state}&limit={limit}");
             let page = remote.call(reqwest::Method::GET, &path, None).await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&page)?);
+                println!("{}", terminal::json(&page));
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
@@ -158,7 +164,7 @@ pub async fn dead_letters(remote: &Remote, args: &DeadLetterArgs) -> anyhow::Res
                 return Ok(ExitCode::SUCCESS);
             }
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&letter)?);
+                println!("{}", terminal::json(&letter));
                 return Ok(ExitCode::SUCCESS);
             }
             for key in [
@@ -183,7 +189,7 @@ pub async fn dead_letters(remote: &Remote, args: &DeadLetterArgs) -> anyhow::Res
             }
             println!("headers");
             for (name, value) in letter["headers"].as_object().into_iter().flatten() {
-                println!("  {name}: {}", text(value));
+                println!("  {}: {}", terminal::escape(name), text(value));
             }
             let body = &letter["body"];
             println!(
@@ -197,8 +203,8 @@ pub async fn dead_letters(remote: &Remote, args: &DeadLetterArgs) -> anyhow::Res
                 }
             );
             match &body["content"] {
-                Value::String(s) => println!("{s}"),
-                other => println!("{}", serde_json::to_string_pretty(other)?),
+                Value::String(s) => println!("{}", terminal::block(s)),
+                other => println!("{}", terminal::json(other)),
             }
         }
         Action::Replay { id, reason } | Action::Discard { id, reason } => {
@@ -218,7 +224,7 @@ pub async fn dead_letters(remote: &Remote, args: &DeadLetterArgs) -> anyhow::Res
                 .call(method, &path, Some(json!({"reason": reason})))
                 .await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&done)?);
+                println!("{}", terminal::json(&done));
             } else {
                 println!(
                     "dead letter {id} {verb} by {} at {}",

@@ -1,6 +1,7 @@
 //! `uidflow status`: what a clerk sees of an application, masked: read from the database, or
 //! with `--api` from a running API (`remote`). One printer for both.
 
+use crate::terminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -61,9 +62,9 @@ pub async fn run(
 pub fn print_all(views: &[Value], asked: usize, json: bool) -> anyhow::Result<()> {
     if json {
         let out = if asked == 1 && views.len() == 1 {
-            serde_json::to_string_pretty(&views[0])?
+            terminal::json(&views[0])
         } else {
-            serde_json::to_string_pretty(views)?
+            terminal::json(&Value::from(views.to_vec()))
         };
         println!("{out}");
     } else {
@@ -76,7 +77,7 @@ pub fn print_all(views: &[Value], asked: usize, json: bool) -> anyhow::Result<()
 
 fn print_view(view: &Value) {
     let text = |key: &str| match &view[key] {
-        Value::String(s) => s.clone(),
+        Value::String(s) => terminal::escape(s).into_owned(),
         _ => "-".to_owned(),
     };
     println!("application {}", text("application_id"));
@@ -90,14 +91,14 @@ fn print_view(view: &Value) {
     );
     let reason = &view["reason"];
     if reason.is_object() {
-        let code = reason["code"].as_str().unwrap_or("?");
-        let detail = reason["detail"].as_str().unwrap_or("");
+        let code = terminal::escape(reason["code"].as_str().unwrap_or("?"));
+        let detail = terminal::escape(reason["detail"].as_str().unwrap_or(""));
         println!("  reason      {code}: {detail}");
         for error in reason["errors"].as_array().into_iter().flatten() {
             println!(
                 "                - {}: {}",
-                error["field"].as_str().unwrap_or("?"),
-                error["message"].as_str().unwrap_or("?")
+                terminal::escape(error["field"].as_str().unwrap_or("?")),
+                terminal::escape(error["message"].as_str().unwrap_or("?"))
             );
         }
     }
@@ -106,12 +107,12 @@ fn print_view(view: &Value) {
         let at = entry["at"].as_str().unwrap_or("?");
         let at = chrono::DateTime::parse_from_rfc3339(at)
             .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
-            .unwrap_or_else(|_| at.to_owned());
+            .unwrap_or_else(|_| terminal::escape(at).into_owned());
         println!(
             "    {at}  {:<28} {:<18} {}",
-            entry["status"].as_str().unwrap_or("?"),
-            entry["step"].as_str().unwrap_or("?"),
-            entry["detail"].as_str().unwrap_or("")
+            terminal::escape(entry["status"].as_str().unwrap_or("?")),
+            terminal::escape(entry["step"].as_str().unwrap_or("?")),
+            terminal::escape(entry["detail"].as_str().unwrap_or(""))
         );
     }
 }

@@ -1,6 +1,7 @@
 //! `uidflow submit`: publishes files to `uid.intake` as an intake system would — persistent,
 //! `message_id` = `application_id`, publisher confirms — and reports each file.
 
+use crate::terminal;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -118,14 +119,21 @@ pub async fn run(
     let mut failed = 0;
     for ((input, message), result) in inputs.iter().zip(&messages).zip(results) {
         let what = match &message.message_id {
-            Some(id) => format!("{} {id}", message.routing_key),
+            Some(id) => format!("{} {}", message.routing_key, terminal::escape(id)),
             None => format!("{} (no application_id)", message.routing_key),
         };
         match result {
-            PublishResult::Confirmed => println!("published  {}  {what}  confirmed", input.label),
+            PublishResult::Confirmed => println!(
+                "published  {}  {what}  confirmed",
+                terminal::escape(&input.label)
+            ),
             PublishResult::Refused(why) => {
                 failed += 1;
-                println!("FAILED     {}  {what}  {why}", input.label);
+                println!(
+                    "FAILED     {}  {what}  {}",
+                    terminal::escape(&input.label),
+                    terminal::escape(&why.to_string())
+                );
             }
         }
     }
