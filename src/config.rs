@@ -71,7 +71,14 @@ pub struct Settings {
     /// argon2id cost of password and code hashes (`ARGON2_MEMORY_KIB`, `ARGON2_ITERATIONS`,
     /// `ARGON2_PARALLELISM`; default OWASP's 19456 KiB, 2, 1).
     pub hash_params: crate::secrets::HashParams,
+    /// PostgreSQL connections this process's pool may hold (`DATABASE_MAX_CONNECTIONS`).
+    pub database_max_connections: u32,
 }
+
+/// Default of `DATABASE_MAX_CONNECTIONS`: a connection is held only while a delivery commits
+/// (and, for a code or password SMS, while it is sent under the row lock), so a few serve a
+/// process; eleven processes (two whole, one per part) fit PostgreSQL's default 100.
+pub const DEFAULT_DATABASE_MAX_CONNECTIONS: u32 = 6;
 
 impl Settings {
     /// Reads the process environment, after loading `.env` if present.
@@ -166,6 +173,17 @@ impl Settings {
             log_format,
             otlp_endpoint,
             hash_params: hash_params(&get)?,
+            database_max_connections: match get("DATABASE_MAX_CONNECTIONS") {
+                None => DEFAULT_DATABASE_MAX_CONNECTIONS,
+                Some(text) => text
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| ConfigError {
+                        variable: "DATABASE_MAX_CONNECTIONS",
+                        problem: format!("{text:?} is not a whole number from 1 to 1000"),
+                    })?,
+            },
         })
     }
 

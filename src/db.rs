@@ -49,6 +49,28 @@ pub enum DbError {
         /// What the server said (shown in the message, not chained).
         cause: sqlx::Error,
     },
+    /// The pool would not fit in the server's connections.
+    #[error(
+        "{wanted} connections (DATABASE_MAX_CONNECTIONS={pool}, plus {extra} of the outbox relays' and the vacuum's own) do not fit on {url}: the server allows {limit} for roles like this one (max_connections {max} less {reserved} reserved) and {in_use} are in use; lower DATABASE_MAX_CONNECTIONS or raise max_connections (or put PgBouncer in front, see docs/OPERATIONS.md)"
+    )]
+    TooManyConnections {
+        /// Redacted URL.
+        url: String,
+        /// The pool's size.
+        pool: u32,
+        /// Connections outside the pool (listeners, vacuum).
+        extra: u32,
+        /// Both.
+        wanted: u32,
+        /// The server's `max_connections`.
+        max: u32,
+        /// Slots reserved for superusers (not counted for them).
+        reserved: u32,
+        /// What a role like ours may open in all.
+        limit: u32,
+        /// Client connections open now, ours excluded.
+        in_use: u32,
+    },
     /// Migrations failed.
     #[error("applying migrations to {url} failed ({cause})")]
     Migrate {
@@ -57,6 +79,57 @@ pub enum DbError {
         /// What the migrator said (shown in the message, not chained).
         cause: sqlx::migrate::MigrateError,
     },
+}
+
+/// How long a delivery waits for a pool connection before its handler fails (the delivery then
+/// returns to its queue): long, because a small pool makes waiting normal.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Refuses, with one line, a pool of `pool` connections (and `extra` opened beside it) that
+/// cannot fit in the server's `max_connections` beside the client connections open now.
+/// Superusers may use the reserved slots; other roles may not.
+pub async fn check_fits(
+    settings: &Settings,
+    db: &PgPool,
+    pool: u32,
+    extra: u32,
+) -> Result<(), DbError> {
+    let url = settings.database_url_redacted();
+    let row: (i32, i32, i64, bool) = sqlx::query_as(
+        "SELECT current_setting('max_connections')::int,
+                current_setting('superuser_reserved_connections')::int,
+                (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()),
+                (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+    )
+    .fetch_one(db)
+    .await
+    .map_err(|cause| DbError::Unreachable {
+        url: url.clone(),
+        cause,
+    })?;
+    let (max, reserved, in_use, superuser) = row;
+    let max = u32::try_from(max).unwrap_or(0);
+    let reserved = if superuser {
+        0
+    } else {
+        u32::try_from(reserved).unwrap_or(0)
+    };
+    let in_use = u32::try_from(in_use).unwrap_or(u32::MAX);
+    let limit = max.saturating_sub(reserved);
+    let wanted = pool + extra;
+    if in_use.saturating_add(wanted) > limit {
+        return Err(DbError::TooManyConnections {
+            url,
+            pool,
+            extra,
+            wanted,
+            max,
+            reserved,
+            limit,
+            in_use,
+        });
+    }
+    Ok(())
 }
 
 /// Connects to the database of `DATABASE_URL`, creating it first if it does not exist.
@@ -82,7 +155,8 @@ pub async fn connect(settings: &Settings, max_connections: u32) -> Result<PgPool
     let options: PgConnectOptions = raw.parse().map_err(unreachable)?;
     PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        // A delivery waits for a connection rather than failing: the pool is small on purpose.
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await
         .map_err(unreachable)
