@@ -293,4 +293,7 @@ pub mod metrics {
     pub const QUEUE_CONSUMERS: &str = "uidflow_queue_consumers";
     /// Counter of HTTP API requests, by `route` and `status`.
     pub const HTTP_REQUESTS_TOTAL: &str = "uidflow_http_requests_total";
+    /// Gauge: 1 for each external system (`service`: mvd, sms) this process's built-in
+    /// simulator stands in for (`MVD_URL=sim`, `SMS_URL=sim`, `uidflow run --simulators`).
+    pub const SIMULATORS: &str = "uidflow_simulators";
 }
