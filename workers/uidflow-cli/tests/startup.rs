@@ -317,3 +317,57 @@ async fn simulators_only_when_asked_for_shown_in_readyz_and_guarded_by_a_token()
     std::fs::remove_dir_all(dir).unwrap();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn tokens_add_prints_the_token_once_and_list_shows_no_secret() {
+    let dir = scratch_dir();
+    let file = dir.join("tokens.toml");
+    let env = vars(&[("API_TOKENS_FILE", &file.display().to_string())]);
+    std::fs::write(&file, "").unwrap();
+    let output = |args: &[&str]| {
+        let mut command = command(&dir, &env, args);
+        async move { command.output().await.unwrap() }
+    };
+    let added = output(&[
+        "tokens",
+        "add",
+        "--role",
+        "clerk",
+        "--service",
+        "minsk-sov-oa",
+        "--name",
+        "anna",
+    ])
+    .await;
+    assert!(added.status.success(), "{added:?}");
+    let token = String::from_utf8(added.stdout).unwrap().trim().to_owned();
+    assert_eq!(token.len(), 64, "one token, alone on stdout");
+    let operator = output(&["tokens", "add", "--role", "operator"]).await;
+    assert!(operator.status.success(), "{operator:?}");
+    let refused = output(&["tokens", "add", "--role", "clerk"]).await;
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("needs --service"));
+
+    let stored = std::fs::read_to_string(&file).unwrap();
+    assert!(!stored.contains(&token), "only the hash is kept");
+    let tokens = uidflow::api::auth::Tokens::from_file(&file).unwrap();
+    let anna = tokens.caller(&token).expect("the printed token is known");
+    assert_eq!(anna.issuing_service.as_deref(), Some("minsk-sov-oa"));
+
+    let listed = output(&["tokens", "list"]).await;
+    assert!(listed.status.success());
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(
+        listed.contains("anna") && listed.contains("minsk-sov-oa") && listed.contains("operator")
+    );
+    assert_eq!(
+        listed.lines().count(),
+        3,
+        "a header and two tokens: {listed}"
+    );
+    for entry in uidflow::api::auth::read_entries(&file).unwrap() {
+        assert!(!listed.contains(&entry.sha256), "no hash listed");
+    }
+    assert!(!listed.contains(&token));
+    std::fs::remove_dir_all(dir).unwrap();
+}
