@@ -76,7 +76,7 @@ async fn check(case: &str, env: HashMap<&'static str, String>, code: i32, says: 
         let (dir, env) = (dir.clone(), env.clone());
         async move { run_once(&dir, &env, n % 2 == 0).await }
     });
-    for (n, (exit, output)) in futures_lite_join(runs).await.into_iter().enumerate() {
+    for (n, (exit, output)) in join_all(runs).await.into_iter().enumerate() {
         assert_eq!(exit, code, "{case}, run {n}: exit code; output: {output}");
         assert!(!output.contains("panicked"), "{case}, run {n}: {output}");
         if n % 2 == 0 {
@@ -90,11 +90,9 @@ async fn check(case: &str, env: HashMap<&'static str, String>, code: i32, says: 
 }
 
 /// Awaits every future, concurrently.
-async fn futures_lite_join<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output>
+async fn join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();
