@@ -54,12 +54,14 @@ pub async fn connect(settings: &Settings, role: &str) -> Result<Connection, Amqp
     let url = settings.amqp_url.expose_secret().to_owned();
     let properties =
         || ConnectionProperties::default().with_connection_name(format!("uidflow-{role}").into());
-    with_backoff(Policy::STARTUP, || Connection::connect(&url, properties()))
-        .await
-        .map_err(|cause| AmqpError::Unreachable {
-            url: settings.amqp_url_redacted(),
-            cause,
-        })
+    with_backoff(Policy::STARTUP, || {
+        bounded(Connection::connect(&url, properties()))
+    })
+    .await
+    .map_err(|cause| AmqpError::Unreachable {
+        url: settings.amqp_url_redacted(),
+        cause,
+    })
 }
 
 /// The largest AMQP frame uidflow proposes, unless `AMQP_URL` sets `?frame_max=`. lapin keeps
@@ -78,7 +80,24 @@ pub async fn connect_once(settings: &Settings, role: &str) -> Result<Connection,
         .parse()
         .map_err(|error: String| lapin::Error::from(std::io::Error::other(error)))?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
-    Connection::connect_uri(uri, properties).await
+    bounded(Connection::connect_uri(uri, properties)).await
+}
+
+/// How long one connection attempt may take. lapin's connect can wait forever when the
+/// broker refuses the login and closes in a particular order ("unexpected connection close-ok"),
+/// or when a peer accepts TCP and never speaks AMQP; a start must not hang on either.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn bounded(
+    attempt: impl std::future::Future<Output = Result<Connection, lapin::Error>>,
+) -> Result<Connection, lapin::Error> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(lapin::Error::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {CONNECT_TIMEOUT:?}"),
+        ))),
+    }
 }
 
 fn field_table(arguments: &BTreeMap<String, Arg>) -> FieldTable {

@@ -1,6 +1,7 @@
 //! Configuration: one `Settings` tree read from the environment (CONTRACT §8), validated once.
 //!
-//! A `.env` file in the working directory may add variables; the real environment wins.
+//! A `.env` file in the working directory (only there: parent directories are not searched)
+//! may add variables; the real environment wins.
 //! Every error names the variable, what is wrong and how to fix it, in one line, so that
 //! `main` can print it and exit non-zero. Nothing else in the crate reads the environment.
 
@@ -40,6 +41,28 @@ pub enum LogFormat {
     Json,
 }
 
+/// The external systems the built-in simulators stand in for: only when asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Simulated {
+    /// `MVD_URL=sim`.
+    pub mvd: bool,
+    /// `SMS_URL=sim`.
+    pub sms: bool,
+}
+
+impl Simulated {
+    /// The simulated services by name (`mvd`, `sms`), for logs, `/readyz` and the metric.
+    pub fn names(self) -> Vec<&'static str> {
+        [("mvd", self.mvd), ("sms", self.sms)]
+            .into_iter()
+            .filter_map(|(name, on)| on.then_some(name))
+            .collect()
+    }
+}
+
+/// The value of `MVD_URL` / `SMS_URL` that selects the built-in simulator.
+pub const SIMULATOR: &str = "sim";
+
 /// Everything the system is wired to. Built once in `main` and passed down.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -49,10 +72,13 @@ pub struct Settings {
     pub database_url: SecretString,
     /// Where the HTTP API listens.
     pub api_addr: SocketAddr,
-    /// The MVD verification service; `None` means the built-in simulator.
+    /// The MVD verification service; `None`: unset, or the simulator (see `simulated`).
     pub mvd_url: Option<Url>,
-    /// The SMS gateway; `None` means the built-in simulator.
+    /// The SMS gateway; `None`: unset, or the simulator (see `simulated`).
     pub sms_url: Option<Url>,
+    /// The external systems the built-in simulators stand in for (`MVD_URL=sim`, `SMS_URL=sim`,
+    /// or `uidflow run --simulators`).
+    pub simulated: Simulated,
     /// TOML file of API tokens; `None` means local tokens are generated.
     pub api_tokens_file: Option<PathBuf>,
     /// Waits between attempts of a step that failed transiently.
@@ -84,7 +110,9 @@ impl Settings {
     /// Reads the process environment, after loading `.env` if present.
     pub fn from_env() -> Result<Self, ConfigError> {
         // A missing .env is normal; a broken one is an error worth one line.
-        match dotenvy::dotenv() {
+        // Only the working directory's .env: `dotenvy::dotenv()` would also search the parent
+        // directories and pick up some other project's settings.
+        match dotenvy::from_path(".env") {
             Ok(_) => {}
             Err(error) if error.not_found() => {}
             Err(error) => {
@@ -120,12 +148,13 @@ impl Settings {
                 "{api_addr_text:?} is not a socket address; write it like 127.0.0.1:8080"
             ),
         })?;
-        let mvd_url = get("MVD_URL")
-            .map(|v| check_url("MVD_URL", v, &["http", "https"]))
-            .transpose()?;
-        let sms_url = get("SMS_URL")
-            .map(|v| check_url("SMS_URL", v, &["http", "https"]))
-            .transpose()?;
+        let external = |variable: &'static str| match get(variable) {
+            Some(SIMULATOR) => Ok((None, true)),
+            Some(v) => check_url(variable, v, &["http", "https"]).map(|url| (Some(url), false)),
+            None => Ok((None, false)),
+        };
+        let (mvd_url, mvd_simulated) = external("MVD_URL")?;
+        let (sms_url, sms_simulated) = external("SMS_URL")?;
         let api_tokens_file = get("API_TOKENS_FILE").map(PathBuf::from);
         if let Some(path) = &api_tokens_file
             && !path.is_file()
@@ -161,6 +190,10 @@ impl Settings {
             api_addr,
             mvd_url,
             sms_url,
+            simulated: Simulated {
+                mvd: mvd_simulated,
+                sms: sms_simulated,
+            },
             api_tokens_file,
             retry_delays,
             phone_code_ttl: parse_duration_var("PHONE_CODE_TTL", get("PHONE_CODE_TTL"), "10m")?,
@@ -184,6 +217,49 @@ impl Settings {
                         problem: format!("{text:?} is not a whole number from 1 to 1000"),
                     })?,
             },
+        })
+    }
+
+    /// Checks that the external systems a process needs are configured: the real service or
+    /// the simulator, never nothing. `simulators` (`uidflow run --simulators`) selects the
+    /// simulator for both, and contradicts a URL that is set. Unset is an error naming both
+    /// ways, so that a forgotten URL never quietly approves everyone.
+    pub fn require_external(
+        &mut self,
+        needs_mvd: bool,
+        needs_sms: bool,
+        simulators: bool,
+    ) -> Result<(), ConfigError> {
+        if simulators {
+            for (variable, url) in [("MVD_URL", &self.mvd_url), ("SMS_URL", &self.sms_url)] {
+                if url.is_some() {
+                    return Err(ConfigError {
+                        variable,
+                        problem: "is set to a service, and --simulators asks for the simulator; \
+                                  unset it (or set it to sim) or drop --simulators"
+                            .into(),
+                    });
+                }
+            }
+            self.simulated = Simulated {
+                mvd: true,
+                sms: true,
+            };
+            return Ok(());
+        }
+        let mvd_missing = needs_mvd && self.mvd_url.is_none() && !self.simulated.mvd;
+        let sms_missing = needs_sms && self.sms_url.is_none() && !self.simulated.sms;
+        let variable = match (mvd_missing, sms_missing) {
+            (false, false) => return Ok(()),
+            (true, false) => "MVD_URL",
+            (false, true) => "SMS_URL",
+            (true, true) => "MVD_URL and SMS_URL",
+        };
+        Err(ConfigError {
+            variable,
+            problem: "not set; set MVD_URL and SMS_URL to the services, or to sim / run with \
+                      --simulators for the built-in simulators"
+                .into(),
         })
     }
 
@@ -323,6 +399,7 @@ mod tests {
         assert_eq!(s.temp_password_ttl, Duration::from_secs(72 * 3600));
         assert_eq!(s.http_timeout, Duration::from_secs(10));
         assert!(s.mvd_url.is_none() && s.sms_url.is_none());
+        assert_eq!(s.simulated, Simulated::default());
         assert_eq!(s.hash_params, crate::secrets::HashParams::owasp());
     }
 
@@ -376,6 +453,40 @@ mod tests {
             assert_eq!(error.variable, var);
             assert!(error.to_string().contains(needle), "{error}");
         }
+    }
+
+    #[test]
+    fn the_simulators_run_only_when_asked_for() {
+        let mut unset = settings(&[]).unwrap();
+        let error = unset.require_external(true, true, false).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "MVD_URL and SMS_URL: not set; set MVD_URL and SMS_URL to the services, or to sim / \
+             run with --simulators for the built-in simulators"
+        );
+        assert_eq!(
+            unset
+                .require_external(true, false, false)
+                .unwrap_err()
+                .variable,
+            "MVD_URL"
+        );
+        unset.require_external(false, false, false).unwrap();
+        unset.require_external(true, true, true).unwrap();
+        assert_eq!(unset.simulated.names(), ["mvd", "sms"]);
+
+        let mut mixed =
+            settings(&[("MVD_URL", "https://mvd.example/api"), ("SMS_URL", "sim")]).unwrap();
+        assert_eq!(mixed.simulated.names(), ["sms"]);
+        assert!(mixed.sms_url.is_none());
+        mixed.require_external(true, true, false).unwrap();
+        let contradiction = mixed.require_external(true, true, true).unwrap_err();
+        assert_eq!(contradiction.variable, "MVD_URL");
+        assert!(contradiction.to_string().contains("--simulators"));
+
+        let mut both = settings(&[("MVD_URL", "sim"), ("SMS_URL", "sim")]).unwrap();
+        both.require_external(true, true, false).unwrap();
+        assert_eq!(both.simulated.names(), ["mvd", "sms"]);
     }
 
     #[test]

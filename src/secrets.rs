@@ -29,6 +29,15 @@ fn os_rng() -> impl RngCore {
     OsRng.unwrap_err()
 }
 
+/// A bearer token: 32 bytes of the OS CSPRNG, as 64 lower-case hex digits.
+pub fn generate_token() -> SecretString {
+    let mut bytes = [0u8; 32];
+    os_rng().fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+    bytes.zeroize();
+    SecretString::from(token)
+}
+
 /// A temporary password: [`PASSWORD_LENGTH`] characters drawn uniformly from
 /// [`PASSWORD_ALPHABET`] by the OS CSPRNG, with at least one upper case letter, one lower case
 /// letter and one digit (a draw without all three is wiped and drawn again).

@@ -6,6 +6,7 @@
 //! rather than pretending to run.
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
@@ -161,11 +162,20 @@ pub fn parse_part_concurrency(list: &str) -> Result<std::collections::BTreeMap<P
 
 /// `uidflow run`'s start: connects to the database (creating it if missing), migrates it if
 /// migrations are pending (as the owner; a runtime role gets a clear error instead), and
-/// declares the topology.
+/// declares the topology. On an error the pool is closed before returning, so nothing opened
+/// here outlives it.
 pub async fn prepare(settings: &Settings, max_connections: u32) -> anyhow::Result<PgPool> {
     let pool = db::connect(settings, max_connections).await?;
-    db::migrate_if_pending(settings, &pool).await?;
-    amqp::declare_topology(settings).await?;
+    let prepared = async {
+        db::migrate_if_pending(settings, &pool).await?;
+        amqp::declare_topology(settings).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = prepared {
+        pool.close().await;
+        return Err(error);
+    }
     Ok(pool)
 }
 
@@ -173,8 +183,16 @@ pub async fn prepare(settings: &Settings, max_connections: u32) -> anyhow::Resul
 /// (run as the database owner).
 pub async fn migrate(settings: &Settings, max_connections: u32) -> anyhow::Result<PgPool> {
     let pool = db::connect(settings, max_connections).await?;
-    db::migrate(settings, &pool).await?;
-    amqp::declare_topology(settings).await?;
+    let prepared = async {
+        db::migrate(settings, &pool).await?;
+        amqp::declare_topology(settings).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = prepared {
+        pool.close().await;
+        return Err(error);
+    }
     Ok(pool)
 }
 
@@ -195,6 +213,24 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> anyhow
     crate::telemetry::prometheus();
     let token = CancellationToken::new();
     let mut api_addr = None;
+    // What can fail here (the tokens, the API's port) is done before any task starts, so a
+    // failure leaves nothing running behind it.
+    let mut api = None;
+    if options.parts.contains(&Part::Api) {
+        let tokens = match &options.tokens {
+            Some(tokens) => tokens.clone(),
+            None => api_tokens(settings)?,
+        };
+        let listener = std::net::TcpListener::bind(settings.api_addr).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on API_ADDR {} ({e}); free the port or set API_ADDR",
+                settings.api_addr
+            )
+        })?;
+        listener.set_nonblocking(true)?;
+        api_addr = Some(listener.local_addr()?);
+        api = Some((listener, tokens));
+    }
     let mut tasks = JoinSet::new();
     let intake_stats = Arc::new(IntakeStats::default());
     for part in &options.parts {
@@ -217,18 +253,7 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> anyhow
                 tasks.spawn(dead_letters::run_keeper(settings, pool, token));
             }
             Part::Api => {
-                let tokens = match &options.tokens {
-                    Some(tokens) => tokens.clone(),
-                    None => api_tokens(&settings)?,
-                };
-                let listener = std::net::TcpListener::bind(settings.api_addr).map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot listen on API_ADDR {} ({e}); free the port or set API_ADDR",
-                        settings.api_addr
-                    )
-                })?;
-                listener.set_nonblocking(true)?;
-                api_addr = Some(listener.local_addr()?);
+                let (listener, tokens) = api.take().expect("bound above");
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 let state = crate::api::ApiState::new(settings, pool, tokens);
                 tasks.spawn(async move {
@@ -265,7 +290,9 @@ pub fn api_tokens(settings: &Settings) -> anyhow::Result<crate::api::auth::Token
                     dir.display()
                 )
             })?;
-            eprintln!(
+            // A closed or full stderr must not stop the start (nor panic, as eprintln! would).
+            let _ = writeln!(
+                std::io::stderr(),
                 "API tokens (API_TOKENS_FILE unset): operator in {0}/operator.token, clerks in {0}/clerk-<service>.token",
                 local.dir.display()
             );

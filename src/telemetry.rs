@@ -375,4 +375,7 @@ pub mod metrics {
     pub const HTTP_REQUESTS_TOTAL: &str = "uidflow_http_requests_total";
     /// Histogram of the time to answer an HTTP API request, by `route` and `method`.
     pub const HTTP_REQUEST_DURATION_SECONDS: &str = "uidflow_http_request_duration_seconds";
+    /// Gauge: 1 for each external system (`service`: mvd, sms) this process's built-in
+    /// simulator stands in for (`MVD_URL=sim`, `SMS_URL=sim`, `uidflow run --simulators`).
+    pub const SIMULATORS: &str = "uidflow_simulators";
 }

@@ -4,7 +4,10 @@
 //! and compared with every known hash in constant time (`subtle`), so neither the comparison
 //! nor the lookup order tells an attacker how close a guess was. Without a file, `uidflow run`
 //! makes a local operator token and one clerk token per example issuing service in
-//! `.uidflow/tokens/` (owner-only permissions) and prints where they are.
+//! `.uidflow/tokens/` (owner-only permissions) and prints where they are. Existing local token
+//! files are reused only while the directory and the files are still owner-only; otherwise
+//! `uidflow run` refuses to start, since the tokens may have been read by others.
+//! [`add_token`] mints a token for `uidflow tokens add`; only its hash is kept.
 
 use std::path::{Path, PathBuf};
 
@@ -159,10 +162,118 @@ pub struct LocalTokens {
     pub dir: PathBuf,
 }
 
+/// The issuing service of a clerk: 1 to 64 of `a-z`, `0-9` and `-`.
+pub fn check_service(service: &str) -> Result<(), String> {
+    let fine = (1..=64).contains(&service.len())
+        && service
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if fine {
+        Ok(())
+    } else {
+        Err(format!(
+            "{service:?} is not an issuing service: 1 to 64 of a-z, 0-9 and -"
+        ))
+    }
+}
+
+/// The entries of the token file at `path` (none if it does not exist yet).
+pub fn read_entries(path: &Path) -> Result<Vec<TokenEntry>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot read {} ({e})", path.display())),
+    };
+    let file: TokenFile = toml::from_str(&text).map_err(|e| {
+        format!(
+            "{} is not a valid token file ({})",
+            path.display(),
+            e.message()
+        )
+    })?;
+    Ok(file.token)
+}
+
+/// Mints a token (32 bytes of the OS CSPRNG, hex) for `role` (a clerk of `service`), adds its
+/// SHA-256 entry to the token file at `path` (made owner-only if new; existing entries kept) and
+/// returns the token, which is stored nowhere else.
+pub fn add_token(
+    path: &Path,
+    role: Role,
+    service: Option<&str>,
+    name: Option<&str>,
+) -> Result<SecretString, String> {
+    match (&role, service) {
+        (Role::Clerk, Some(service)) => check_service(service)?,
+        (Role::Clerk, None) => return Err("a clerk token needs --service".into()),
+        (Role::Operator, Some(_)) => return Err("an operator token has no --service".into()),
+        (Role::Operator, None) => {}
+    }
+    let mut entries = read_entries(path)?;
+    if let Some(name) = name
+        && entries.iter().any(|e| e.name.as_deref() == Some(name))
+    {
+        return Err(format!(
+            "{} already has a token named {name:?}",
+            path.display()
+        ));
+    }
+    let token = crate::secrets::generate_token();
+    entries.push(TokenEntry {
+        name: name.map(str::to_owned),
+        role,
+        issuing_service: service.map(str::to_owned),
+        sha256: hex::encode(digest(token.expose_secret())),
+    });
+    Tokens::from_entries(entries.clone())?;
+    let text = toml::to_string(&TokenFile { token: entries }).map_err(|e| e.to_string())?;
+    write_owner_only(path, &text).map_err(|e| format!("cannot write {} ({e})", path.display()))?;
+    Ok(token)
+}
+
+/// Replaces `path` with `text` through a temporary file (owner-only) and a rename, so a
+/// reader sees the old file or the new one, never half of one.
+fn write_owner_only(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
+
+/// Refuses a local token path that others may read or write (group or other bits set).
+fn check_owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(std::io::Error::other(format!(
+            "{} is not owner-only (mode {mode:o}), so its tokens may have been read by others; \
+             delete it to make new tokens, or set API_TOKENS_FILE",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Makes (or reuses) the local tokens in `dir`: `operator.token`, `clerk-<service>.token`,
 /// and `tokens.toml` with their hashes. Files are readable by the owner only.
 pub fn local_tokens(dir: &Path) -> std::io::Result<LocalTokens> {
-    std::fs::create_dir_all(dir)?;
+    if dir.exists() {
+        check_owner_only(dir)?;
+    } else {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
     restrict(dir, 0o700)?;
     let mut entries = Vec::new();
     let mut wanted = vec![("operator".to_owned(), Role::Operator, None)];
@@ -175,6 +286,9 @@ pub fn local_tokens(dir: &Path) -> std::io::Result<LocalTokens> {
     }
     for (name, role, issuing_service) in wanted {
         let path = dir.join(format!("{name}.token"));
+        if path.exists() {
+            check_owner_only(&path)?;
+        }
         let token = match std::fs::read_to_string(&path) {
             Ok(existing) if !existing.trim().is_empty() => {
                 SecretString::from(existing.trim().to_owned())
@@ -185,7 +299,7 @@ pub fn local_tokens(dir: &Path) -> std::io::Result<LocalTokens> {
                     .to_owned()
                     + crate::secrets::generate_password().expose_secret()
                     + crate::secrets::generate_password().expose_secret();
-                std::fs::write(&path, format!("{fresh}\n"))?;
+                write_owner_only(&path, &format!("{fresh}\n"))?;
                 SecretString::from(fresh)
             }
         };
@@ -197,15 +311,24 @@ pub fn local_tokens(dir: &Path) -> std::io::Result<LocalTokens> {
             sha256: hex::encode(digest(token.expose_secret())),
         });
     }
+    // Entries added with `uidflow tokens add` stay; the local ones are written afresh.
+    let hashes = dir.join("tokens.toml");
+    if hashes.exists() {
+        check_owner_only(&hashes)?;
+    }
+    let local: Vec<Option<String>> = entries.iter().map(|e| e.name.clone()).collect();
+    for added in read_entries(&hashes).unwrap_or_default() {
+        if !local.contains(&added.name) {
+            entries.push(added);
+        }
+    }
     let file = TokenFile {
         token: entries.clone(),
     };
-    let hashes = dir.join("tokens.toml");
-    std::fs::write(
+    write_owner_only(
         &hashes,
-        toml::to_string(&file).map_err(std::io::Error::other)?,
+        &toml::to_string(&file).map_err(std::io::Error::other)?,
     )?;
-    restrict(&hashes, 0o600)?;
     let tokens = Tokens::from_entries(entries).map_err(std::io::Error::other)?;
     Ok(LocalTokens {
         tokens,
@@ -300,6 +423,87 @@ mod tests {
         );
         let from_file = Tokens::from_file(&dir.join("tokens.toml")).unwrap();
         assert!(from_file.caller(operator.trim()).is_some());
+
+        // A token added by `uidflow tokens add` survives the next start.
+        let added = add_token(
+            &dir.join("tokens.toml"),
+            Role::Clerk,
+            Some("gomel-sov-oa"),
+            Some("anna"),
+        )
+        .unwrap();
+        let third = local_tokens(&dir).unwrap();
+        let anna = third.tokens.caller(added.expose_secret()).unwrap();
+        assert_eq!(anna.name, "anna");
+        assert!(third.tokens.caller(operator.trim()).is_some());
+
+        // Once others may read a token file, it is not reused.
+        std::fs::set_permissions(
+            dir.join("operator.token"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let refused = local_tokens(&dir)
+            .err()
+            .expect("a readable token is refused");
+        assert!(refused.to_string().contains("not owner-only"), "{refused}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let refused = local_tokens(&dir)
+            .err()
+            .expect("an open directory is refused");
+        assert!(refused.to_string().contains("mode 755"), "{refused}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn added_tokens_keep_only_their_hash_and_the_entries_before() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("uidflow-add-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokens.toml");
+        let operator = add_token(&path, Role::Operator, None, None).unwrap();
+        let clerk = add_token(&path, Role::Clerk, Some("minsk-sov-oa"), Some("ivan")).unwrap();
+        assert_ne!(operator.expose_secret(), clerk.expose_secret());
+        assert_eq!(clerk.expose_secret().len(), 64);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(clerk.expose_secret()) && !text.contains(operator.expose_secret()));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let tokens = Tokens::from_file(&path).unwrap();
+        assert_eq!(
+            tokens.caller(operator.expose_secret()).unwrap().role,
+            Role::Operator
+        );
+        let ivan = tokens.caller(clerk.expose_secret()).unwrap();
+        assert_eq!(
+            (ivan.name.as_str(), ivan.issuing_service.as_deref()),
+            ("ivan", Some("minsk-sov-oa"))
+        );
+        for (role, service, name, needle) in [
+            (Role::Clerk, None, None, "needs --service"),
+            (Role::Clerk, Some("Minsk!"), None, "not an issuing service"),
+            (Role::Clerk, Some(""), None, "not an issuing service"),
+            (
+                Role::Operator,
+                Some("minsk-sov-oa"),
+                None,
+                "has no --service",
+            ),
+            (
+                Role::Clerk,
+                Some("minsk-sov-oa"),
+                Some("ivan"),
+                "already has",
+            ),
+        ] {
+            let error = add_token(&path, role, service, name).unwrap_err();
+            assert!(error.contains(needle), "{error}");
+        }
+        assert_eq!(
+            read_entries(&path).unwrap().len(),
+            2,
+            "a refusal changes nothing"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

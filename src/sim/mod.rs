@@ -8,6 +8,12 @@
 //! - `/sim/v1/faults/mvd` and `/sim/v1/faults/sms`: `GET` reads and `PUT` replaces the
 //!   [`Faults`] JSON of that service (a simulator control API; it is never faulted).
 //!
+//! The control endpoints and the SMS read-back need the simulators' token, random per
+//! [`Simulators`] value (32 bytes of the OS CSPRNG, hex): `Authorization: Bearer <token>`,
+//! else 401. In process it is [`Simulators::token`]; `uidflow run --simulators` and
+//! `uidflow sim` write it owner-only to a file ([`Simulators::write_token`]). The contract
+//! endpoints (`POST /mvd/v1/person-verifications`, `POST /sms/v1/messages`) stay open.
+//!
 //! The state (remembered MVD answers, accepted messages, faults, request counts) lives in
 //! memory and is shared by every clone of the handle; it is lost when the process ends.
 //!
@@ -21,13 +27,16 @@ pub mod switch;
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -46,20 +55,79 @@ pub struct SimConfig {
     pub sms: Faults,
 }
 
+/// The token of the simulators' control and read-back endpoints; clones share it.
+#[derive(Debug, Clone)]
+pub struct SimToken(Arc<SecretString>);
+
+impl SimToken {
+    /// A fresh random token.
+    pub fn generate() -> Self {
+        Self(Arc::new(crate::secrets::generate_token()))
+    }
+
+    /// The token, for `Authorization: Bearer`.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// True if `headers` carry `Authorization: Bearer <this token>` (compared in constant time).
+    pub fn admits(&self, headers: &HeaderMap) -> bool {
+        use subtle::ConstantTimeEq;
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let known = crate::api::auth::digest(self.expose());
+        bool::from(known.ct_eq(&crate::api::auth::digest(presented.trim())))
+    }
+}
+
 /// Handle to the simulators; clones share the same state.
 #[derive(Debug, Clone)]
 pub struct Simulators {
     mvd: MvdSim,
     sms: SmsSim,
+    token: SimToken,
 }
 
 impl Simulators {
-    /// Fresh simulators with the initial faults of `config`.
+    /// Fresh simulators with the initial faults of `config` and a fresh random token.
     pub fn new(config: SimConfig) -> Self {
+        let token = SimToken::generate();
         Self {
             mvd: MvdSim::new(config.mvd),
-            sms: SmsSim::new(config.sms),
+            sms: SmsSim::new(config.sms, token.clone()),
+            token,
         }
+    }
+
+    /// The token of the control and read-back endpoints (`Authorization: Bearer <token>`).
+    pub fn token(&self) -> &str {
+        self.token.expose()
+    }
+
+    /// Writes the token to `path`, readable and writable by the owner only (0600; a missing
+    /// directory is made 0700). An existing file is replaced.
+    pub fn write_token(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        let _ = std::fs::remove_file(path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        writeln!(file, "{}", self.token())
     }
 
     /// Every route: MVD under `/mvd`, SMS under `/sms`, fault control under `/sim`.
@@ -182,6 +250,13 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "There is no such endpoint.")
 }
 
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "This endpoint needs the simulators' token: Authorization: Bearer <token>.",
+    )
+}
+
 fn unknown_service() -> Response {
     error(
         StatusCode::NOT_FOUND,
@@ -189,7 +264,14 @@ fn unknown_service() -> Response {
     )
 }
 
-async fn get_faults(State(sims): State<Simulators>, Path(service): Path<String>) -> Response {
+async fn get_faults(
+    State(sims): State<Simulators>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+) -> Response {
+    if !sims.token.admits(&headers) {
+        return unauthorized();
+    }
     match sims.gate(&service) {
         Some(gate) => Json(gate.get()).into_response(),
         None => unknown_service(),
@@ -198,9 +280,13 @@ async fn get_faults(State(sims): State<Simulators>, Path(service): Path<String>)
 
 async fn put_faults(
     State(sims): State<Simulators>,
+    headers: HeaderMap,
     Path(service): Path<String>,
     body: Bytes,
 ) -> Response {
+    if !sims.token.admits(&headers) {
+        return unauthorized();
+    }
     let Some(gate) = sims.gate(&service) else {
         return unknown_service();
     };
@@ -390,9 +476,24 @@ mod tests {
         for service in ["mvd", "sms"] {
             let url = format!("http://{addr}/sim/v1/faults/{service}");
             let put = client().put(&url).json(&faults).send().await.unwrap();
+            assert_eq!(put.status().as_u16(), 401, "no token");
+            let put = client()
+                .put(&url)
+                .bearer_auth(sims.token())
+                .json(&faults)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(put.status().as_u16(), 200);
             assert_eq!(put.json::<Value>().await.unwrap(), faults);
             let got = client().get(&url).send().await.unwrap();
+            assert_eq!(got.status().as_u16(), 401, "no token");
+            let got = client()
+                .get(&url)
+                .bearer_auth(sims.token())
+                .send()
+                .await
+                .unwrap();
             assert_eq!(got.status().as_u16(), 200);
             assert_eq!(got.json::<Value>().await.unwrap(), faults);
         }
@@ -420,14 +521,25 @@ mod tests {
             json!({"latency": 5}),
             json!({"outage": "yes"}),
         ] {
-            let response = client().put(&url).json(&body).send().await.unwrap();
+            let response = client()
+                .put(&url)
+                .bearer_auth(sims.token())
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(response.status().as_u16(), 400, "{body}");
             let answer: Value = response.json().await.unwrap();
             assert!(answer["error"].is_string());
         }
         assert_eq!(sims.mvd_faults(), Faults::default());
         let unknown = format!("http://{addr}/sim/v1/faults/tax");
-        let response = client().get(&unknown).send().await.unwrap();
+        let response = client()
+            .get(&unknown)
+            .bearer_auth(sims.token())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status().as_u16(), 404);
         let nowhere = format!("http://{addr}/nowhere");
         assert_eq!(
@@ -458,6 +570,30 @@ mod tests {
         assert_eq!(sms(addr).send().await.unwrap().status().as_u16(), 202);
         assert_eq!(sims.mvd_requests(), 1);
         shutdown.cancel();
+    }
+
+    #[test]
+    fn the_token_is_random_and_its_file_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let (one, two) = (
+            Simulators::new(SimConfig::default()),
+            Simulators::new(SimConfig::default()),
+        );
+        assert_ne!(one.token(), two.token());
+        assert_eq!(one.token().len(), 64);
+        assert!(one.token().bytes().all(|b| b.is_ascii_hexdigit()));
+        let dir = std::env::temp_dir().join(format!("uidflow-sim-{}", Uuid::new_v4()));
+        let path = dir.join("sim.token");
+        one.write_token(&path).unwrap();
+        two.write_token(&path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap().trim(),
+            two.token(),
+            "a new start replaces the file"
+        );
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&dir), mode(&path)), (0o700, 0o600));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]

@@ -11,17 +11,22 @@
 //! **Read-back is a simulator extension, not part of the real gateway:**
 //! `GET {SMS_URL}/v1/messages?phone=%2B375291234567` answers 200 `{"messages":
 //! [{"message_id", "phone", "text", "accepted_at"}, …]}` in acceptance order; without
-//! `phone` it lists every message. Read-back is neither faulted nor counted as a request.
+//! `phone` it lists every message. Read-back is neither faulted nor counted as a request. It
+//! needs the simulators' token (`Authorization: Bearer <token>`, see [`super::Simulators::token`]),
+//! since the texts hold codes and passwords; without it the answer is 401.
 //! In process, [`SmsSim::messages_to`] gives the same list.
+//!
+//! Memory is bounded: the gateway keeps the last [`MAX_MESSAGES`] accepted messages; older
+//! ones (and their ids, so a very late resend of one is accepted again) are dropped.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::{DateTime, Utc};
@@ -30,6 +35,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::faults::{FaultGate, Faults};
+
+/// How many accepted messages the simulated gateway keeps (the oldest are dropped).
+pub const MAX_MESSAGES: usize = 10_000;
 
 /// A message the simulated gateway accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,22 +73,53 @@ pub struct SmsSim {
 struct SmsState {
     gate: FaultGate,
     outbox: Mutex<Outbox>,
+    token: super::SimToken,
 }
 
-/// Accepted messages in acceptance order, with their ids for deduplication.
-#[derive(Debug, Default)]
+/// The last accepted messages in acceptance order, with their ids for deduplication.
+#[derive(Debug)]
 struct Outbox {
     ids: HashSet<Uuid>,
-    messages: Vec<SentSms>,
+    messages: VecDeque<SentSms>,
+    /// How many messages were dropped to keep at most `capacity`.
+    dropped: usize,
+    capacity: usize,
+}
+
+impl Outbox {
+    /// Stores a message unless its id is known; false for a duplicate.
+    fn accept(&mut self, message: SentSms) -> bool {
+        if !self.ids.insert(message.message_id) {
+            return false;
+        }
+        self.messages.push_back(message);
+        while self.messages.len() > self.capacity {
+            if let Some(old) = self.messages.pop_front() {
+                self.ids.remove(&old.message_id);
+                self.dropped += 1;
+            }
+        }
+        true
+    }
 }
 
 impl SmsSim {
-    /// A fresh gateway that starts with `faults`.
-    pub fn new(faults: Faults) -> Self {
+    /// A fresh gateway that starts with `faults`; `token` guards the read-back.
+    pub fn new(faults: Faults, token: super::SimToken) -> Self {
+        Self::with_capacity(faults, token, MAX_MESSAGES)
+    }
+
+    fn with_capacity(faults: Faults, token: super::SimToken, capacity: usize) -> Self {
         Self {
             inner: Arc::new(SmsState {
                 gate: FaultGate::new("sms", faults),
-                outbox: Mutex::new(Outbox::default()),
+                outbox: Mutex::new(Outbox {
+                    ids: HashSet::new(),
+                    messages: VecDeque::new(),
+                    dropped: 0,
+                    capacity,
+                }),
+                token,
             }),
         }
     }
@@ -117,14 +156,13 @@ impl SmsSim {
             .collect()
     }
 
-    /// The accepted messages from the `start`-th on (0-based, in acceptance order): what a
-    /// reader that has seen `start` messages has not seen yet.
+    /// The accepted messages from the `start`-th on (0-based, counted over every message ever
+    /// accepted, in acceptance order): what a reader that has seen `start` messages has not
+    /// seen yet, as far as they are still kept.
     pub fn messages_from(&self, start: usize) -> Vec<SentSms> {
-        self.outbox()
-            .messages
-            .get(start..)
-            .map(<[SentSms]>::to_vec)
-            .unwrap_or_default()
+        let outbox = self.outbox();
+        let skip = start.saturating_sub(outbox.dropped);
+        outbox.messages.iter().skip(skip).cloned().collect()
     }
 
     fn outbox(&self) -> MutexGuard<'_, Outbox> {
@@ -167,17 +205,12 @@ async fn send(State(sim): State<SmsSim>, body: Bytes) -> Response {
     }
     let message_id = request.message_id;
     let accepted = {
-        let mut outbox = sim.outbox();
-        let fresh = outbox.ids.insert(message_id);
-        if fresh {
-            outbox.messages.push(SentSms {
-                message_id,
-                phone: request.phone,
-                text: request.text,
-                accepted_at: Utc::now(),
-            });
-        }
-        fresh
+        sim.outbox().accept(SentSms {
+            message_id,
+            phone: request.phone,
+            text: request.text,
+            accepted_at: Utc::now(),
+        })
     };
     let (status, word) = if accepted {
         (StatusCode::ACCEPTED, "accepted")
@@ -195,7 +228,14 @@ struct ReadBack {
     phone: Option<String>,
 }
 
-async fn read_back(State(sim): State<SmsSim>, Query(query): Query<ReadBack>) -> Response {
+async fn read_back(
+    State(sim): State<SmsSim>,
+    headers: HeaderMap,
+    Query(query): Query<ReadBack>,
+) -> Response {
+    if !sim.inner.token.admits(&headers) {
+        return super::unauthorized();
+    }
     let messages = sim.messages(query.phone.as_deref());
     tracing::debug!(count = messages.len(), "sms read-back");
     Json(json!({ "messages": messages })).into_response()
@@ -214,6 +254,7 @@ mod tests {
         let (sims, addr) = spawn_local(SimConfig::default(), shutdown.clone())
             .await
             .unwrap();
+
         let url = format!("{}/v1/messages", Simulators::sms_url(addr));
         (sims, url, shutdown)
     }
@@ -231,12 +272,12 @@ mod tests {
         (status, response.json().await.unwrap())
     }
 
-    async fn read_back(url: &str, phone: Option<&str>) -> Vec<SentSms> {
+    async fn read_back(sims: &Simulators, url: &str, phone: Option<&str>) -> Vec<SentSms> {
         let url = match phone {
             Some(phone) => format!("{url}?phone={}", phone.replace('+', "%2B")),
             None => url.to_owned(),
         };
-        let request = client().get(url);
+        let request = client().get(url).bearer_auth(sims.token());
         let response = request.send().await.unwrap();
         assert_eq!(response.status().as_u16(), 200);
         let mut body: Value = response.json().await.unwrap();
@@ -351,7 +392,7 @@ mod tests {
         let texts = |messages: Vec<SentSms>| -> Vec<String> {
             messages.into_iter().map(|m| m.text).collect()
         };
-        let mine = read_back(&url, Some("+375291234567")).await;
+        let mine = read_back(&sims, &url, Some("+375291234567")).await;
         assert!(mine.iter().all(|m| m.phone == "+375291234567"));
         assert!(
             mine.windows(2)
@@ -359,14 +400,63 @@ mod tests {
         );
         assert_eq!(texts(mine), ["first", "second", "third"]);
         assert_eq!(
-            texts(read_back(&url, None).await),
+            texts(read_back(&sims, &url, None).await),
             ["first", "other", "second", "third"]
         );
         assert_eq!(texts(sims.messages_to("+375441111111")), ["other"]);
-        assert!(read_back(&url, Some("+375330000000")).await.is_empty());
+        assert!(
+            read_back(&sims, &url, Some("+375330000000"))
+                .await
+                .is_empty()
+        );
         // Read-back is not counted as a gateway request.
         assert_eq!(sims.sms_requests(), 4);
         shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn read_back_needs_the_token() {
+        let (sims, url, shutdown) = start().await;
+        let body = json!({"message_id": Uuid::new_v4(), "phone": "+375291234567", "text": "1"});
+        assert_eq!(send_sms(&url, &body).await.0, 202, "sending needs no token");
+        for request in [
+            client().get(&url),
+            client().get(&url).bearer_auth("wrong"),
+            client().get(&url).bearer_auth(format!("{}x", sims.token())),
+        ] {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 401);
+            let answer: Value = response.json().await.unwrap();
+            assert!(answer.get("messages").is_none());
+        }
+        assert_eq!(read_back(&sims, &url, None).await.len(), 1);
+        shutdown.cancel();
+    }
+
+    #[test]
+    fn the_outbox_keeps_the_last_messages_and_readers_keep_their_place() {
+        let sim = SmsSim::with_capacity(Faults::default(), crate::sim::SimToken::generate(), 3);
+        let message = |n: usize| SentSms {
+            message_id: Uuid::from_u128(n as u128),
+            phone: "+375291234567".into(),
+            text: n.to_string(),
+            accepted_at: Utc::now(),
+        };
+        for n in 0..5 {
+            assert!(sim.outbox().accept(message(n)));
+        }
+        let texts = |messages: Vec<SentSms>| -> Vec<String> {
+            messages.into_iter().map(|m| m.text).collect()
+        };
+        assert_eq!(texts(sim.messages(None)), ["2", "3", "4"]);
+        assert!(!sim.outbox().accept(message(4)), "a kept id is a duplicate");
+        assert_eq!(texts(sim.messages_from(0)), ["2", "3", "4"]);
+        assert_eq!(texts(sim.messages_from(4)), ["4"]);
+        assert!(sim.messages_from(5).is_empty());
+        assert!(sim.outbox().accept(message(0)), "a dropped id is forgotten");
+        assert_eq!(texts(sim.messages(None)), ["3", "4", "0"]);
+        assert_eq!(sim.outbox().ids.len(), 3);
+        assert_eq!(MAX_MESSAGES, 10_000);
     }
 
     #[tokio::test]

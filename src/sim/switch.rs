@@ -122,7 +122,7 @@ mod tests {
 
     #[tokio::test]
     async fn down_refuses_connections_even_kept_alive_ones_and_up_serves_the_same_state_again() {
-        let sms = SmsSim::new(Faults::default());
+        let sms = SmsSim::new(Faults::default(), crate::sim::SimToken::generate());
         let router = Router::new().nest("/sms", sms.router());
         let switchable = Switchable::start("127.0.0.1:0".parse().unwrap(), router)
             .await

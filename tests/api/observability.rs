@@ -88,6 +88,11 @@ async fn metrics_and_queues_show_what_happened() {
 
     let ready = app.call("GET", "/readyz", None, None).await;
     assert_eq!(ready.json["status"], "ready");
+    assert_eq!(
+        ready.json["simulators"],
+        serde_json::json!([]),
+        "the test's simulators are real URLs to this process"
+    );
     openapi
         .check_json("GET", "/readyz", 200, &ready.json)
         .unwrap();
@@ -283,5 +288,39 @@ async fn a_client_that_stalls_in_the_request_head_is_disconnected() {
     let answer = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(answer.status(), 200);
     token.cancel();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_says_not_ready_without_the_drivers_words() {
+    let openapi = OpenApi::load();
+    let app = TestApp::prepare().await;
+    let mut settings = app.settings.clone();
+    settings.amqp_url = "amqp://nobody:wrong@127.0.0.1:5672/%2f".to_owned().into();
+    let (tokens, _) = crate::common::test_tokens();
+    let state = uidflow::api::ApiState::new(settings, app.pool.clone(), tokens);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(uidflow::api::serve(listener, state, stop.clone()));
+    let response = uidflow::http::client(std::time::Duration::from_secs(30))
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(
+        body["checks"],
+        serde_json::json!({"database": "ok", "broker": "not_ready", "migrations": "ok"})
+    );
+    let text = body.to_string();
+    for word in ["ACCESS", "refused", "nobody", "127.0.0.1"] {
+        assert!(!text.contains(word), "{text}");
+    }
+    openapi.check_json("GET", "/readyz", 503, &body).unwrap();
+    stop.cancel();
+    server.await.unwrap().unwrap();
     app.stop().await;
 }

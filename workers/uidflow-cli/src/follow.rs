@@ -1,7 +1,8 @@
 //! `uidflow submit --follow`: watch the submitted applications until each ends, with a
 //! progress line, then print their final statuses. With `--confirm-codes`, play the clerk:
-//! read each code from the SMS gateway's read-back (the simulator's `GET /v1/messages`) and
-//! publish it as a phone confirmation. For demos and trials, not for production.
+//! read each code from the SMS gateway's read-back (the simulator's `GET /v1/messages`, with the
+//! simulators' token from `SIM_TOKEN` or `.uidflow/sim.token`) and publish it as a phone
+//! confirmation. For demos and trials, not for production.
 
 use crate::terminal;
 use std::collections::{BTreeMap, HashMap};
@@ -33,9 +34,14 @@ pub async fn follow(
         .map(|u| u.as_str().trim_end_matches('/').to_owned());
     if confirm_codes && sms_url.is_none() {
         anyhow::bail!(
-            "--confirm-codes reads codes from the SMS gateway: set SMS_URL to the simulator's (see `uidflow sim`)"
+            "--confirm-codes reads codes from the SMS gateway: set SMS_URL to the simulator's address (see `uidflow sim`)"
         );
     }
+    let sim_token = if confirm_codes {
+        sim_token()?
+    } else {
+        String::new()
+    };
     let http = uidflow::http::client(Duration::from_secs(5));
     let mut typed: HashMap<Uuid, String> = HashMap::new();
     let started = Instant::now();
@@ -70,7 +76,7 @@ pub async fn follow(
                 let Some(phone) = row.phone.as_deref().filter(|_| waiting) else {
                     continue;
                 };
-                let Some(code) = newest_code(&http, sms_url, phone).await else {
+                let Some(code) = newest_code(&http, sms_url, &sim_token, phone).await else {
                     continue;
                 };
                 if typed.get(id) == Some(&code) {
@@ -142,12 +148,38 @@ async fn load(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Progr
         .collect())
 }
 
-async fn newest_code(http: &reqwest::Client, sms_url: &str, phone: &str) -> Option<String> {
+/// The simulators' token: `SIM_TOKEN`, else the file `uidflow sim` / `uidflow run --simulators`
+/// wrote in the working directory.
+fn sim_token() -> anyhow::Result<String> {
+    if let Some(token) = std::env::var("SIM_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Ok(token.trim().to_owned());
+    }
+    let path = std::path::Path::new(".uidflow/sim.token");
+    std::fs::read_to_string(path)
+        .map(|t| t.trim().to_owned())
+        .with_context(|| {
+            format!(
+                "--confirm-codes needs the simulators' token: set SIM_TOKEN, or run where `uidflow sim` wrote {}",
+                path.display()
+            )
+        })
+}
+
+async fn newest_code(
+    http: &reqwest::Client,
+    sms_url: &str,
+    token: &str,
+    phone: &str,
+) -> Option<String> {
     let answer: Value = http
         .get(format!(
             "{sms_url}/v1/messages?phone={}",
             phone.replace('+', "%2B")
         ))
+        .bearer_auth(token)
         .send()
         .await
         .ok()?

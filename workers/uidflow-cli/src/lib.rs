@@ -1,5 +1,6 @@
 //! The composition of a uidflow process: the core parts from `uidflow::system`, the steps from
-//! the step crates, and the simulators for any external system whose URL is not set. It lives
+//! the step crates, and the simulators for the external systems set to `sim` (only when asked
+//! for: `Settings::require_external` refuses unset URLs before anything starts). It lives
 //! here, above every step crate, because the library cannot depend on the steps (they depend on
 //! it). Tests start the whole pipeline through [`start`].
 
@@ -29,17 +30,27 @@ pub async fn start(
     sim_config: SimConfig,
 ) -> anyhow::Result<Running> {
     let mut settings = settings.clone();
+    let hosts = |part: Part| options.parts.contains(&part);
+    settings.clone().require_external(
+        hosts(Part::VerifyIdentity),
+        hosts(Part::ConfirmPhone) || hosts(Part::SendSms),
+        false,
+    )?;
     let mut system = system::start(&settings, pool, options)?;
     let calls_out = options.parts.iter().any(|part| part.calls_out());
-    let simulators = if calls_out && (settings.mvd_url.is_none() || settings.sms_url.is_none()) {
+    let simulated = settings.simulated;
+    let simulators = if calls_out && (simulated.mvd || simulated.sms) {
         let (simulators, addr) = sim::spawn_local(sim_config, system.token().child_token()).await?;
-        if settings.mvd_url.is_none() {
+        if simulated.mvd {
             settings.mvd_url = Some(Simulators::mvd_url(addr).parse()?);
         }
-        if settings.sms_url.is_none() {
+        if simulated.sms {
             settings.sms_url = Some(Simulators::sms_url(addr).parse()?);
         }
-        tracing::info!(%addr, "MVD and SMS simulators running in-process (MVD_URL / SMS_URL unset)");
+        for service in simulated.names() {
+            metrics::gauge!(uidflow::telemetry::metrics::SIMULATORS, "service" => service).set(1.0);
+        }
+        tracing::warn!(%addr, services = ?simulated.names(), "built-in SIMULATORS in use: they approve the test people and keep messages in memory; set MVD_URL / SMS_URL to the real services in production");
         Some((simulators, addr))
     } else {
         None

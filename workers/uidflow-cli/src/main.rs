@@ -1,6 +1,13 @@
 //! The `uidflow` binary (CONTRACT §8): parses the command line, loads `Settings`, and calls the
 //! library. Every failure ends in one line on stderr and a non-zero exit code: 2 for a problem
 //! with how it was started (arguments, configuration, a command not built yet), 1 otherwise.
+//!
+//! Start-up is careful: SIGINT/SIGTERM are handled from the first moment and end every phase
+//! (even a broker connection being retried); everything that can be wrong in the configuration
+//! is checked before anything connects; what did connect is closed before the process ends;
+//! and writes to a closed stdout or stderr are ignored (never a panic, never a hang). The
+//! process ends with `std::process::exit` once its output is flushed, so no client library's
+//! background task is cancelled half-way by the runtime's teardown.
 
 mod bench;
 mod chaos;
@@ -11,6 +18,7 @@ mod status;
 mod submit;
 mod terminal;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -34,8 +42,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Everything in one process: migrations, topology, intake, every step, outbox relay,
-    /// dead-letter keeper, and the simulators for MVD_URL / SMS_URL when unset.
+    /// dead-letter keeper, and the simulators for MVD_URL / SMS_URL set to `sim`.
     Run {
+        /// Run the built-in MVD and SMS simulators in-process (as MVD_URL=sim SMS_URL=sim),
+        /// never for production; their token is written to .uidflow/sim.token.
+        #[arg(long)]
+        simulators: bool,
         /// Host only these parts (comma-separated), e.g. `--only intake`.
         #[arg(long, value_name = "PART,…")]
         only: Option<String>,
@@ -133,7 +145,13 @@ enum Command {
         /// How long a timed-out request is held.
         #[arg(long, value_parser = parse_wait, default_value = "15s")]
         hang: Duration,
+        /// Where to write the token of the control and read-back endpoints (owner-only).
+        #[arg(long, default_value = SIM_TOKEN_FILE)]
+        token_file: PathBuf,
     },
+    /// API tokens: mint one (printed once, only its hash kept) or list them.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// The end-to-end benchmark: the whole pipeline on its own vhost and database.
     Bench(bench::BenchArgs),
     /// The reliability suite: real `uidflow run` processes under faults (kill -9, SIGTERM,
@@ -142,18 +160,83 @@ enum Command {
     Chaos(chaos::ChaosArgs),
 }
 
+/// API token commands; the file is `API_TOKENS_FILE`, else `.uidflow/tokens/tokens.toml`.
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Mint a token, print it once on stdout, and add its SHA-256 to the token file.
+    Add {
+        /// What the token may do.
+        #[arg(long, value_parser = ["clerk", "operator"])]
+        role: String,
+        /// The clerk's issuing service (clerks only), e.g. `minsk-sov-oa`.
+        #[arg(long)]
+        service: Option<String>,
+        /// A name for histories ("who"), e.g. the clerk's.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the tokens: name, role and issuing service (never a secret).
+    List,
+}
+
+/// Where `uidflow run --simulators` and `uidflow sim` write the simulators' token.
+const SIM_TOKEN_FILE: &str = ".uidflow/sim.token";
+/// The local token file used when `API_TOKENS_FILE` is unset.
+const LOCAL_TOKENS_FILE: &str = ".uidflow/tokens/tokens.toml";
+
+/// Prints a line on stdout; a closed or broken stdout is ignored (never a panic).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Prints a line on stderr; a closed or broken stderr is ignored (never a panic).
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn parse_wait(text: &str) -> Result<Duration, String> {
     uidflow::config::parse_duration(text)
         .ok_or_else(|| format!("{text:?} is not a duration; write it like 30s or 2m"))
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() {
     let cli = Cli::parse();
+    let code = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(command(cli)),
+        Err(error) => {
+            err!("error: cannot start the async runtime ({error})");
+            ExitCode::FAILURE
+        }
+    };
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // Ends here, runtime and all: what this process opened is closed by now, and a client
+    // library's background task must not be cancelled by a teardown and panic on the way out.
+    let status = if code == ExitCode::SUCCESS {
+        0
+    } else if code == ExitCode::from(2) {
+        2
+    } else {
+        1
+    };
+    std::process::exit(status)
+}
+
+async fn command(cli: Cli) -> ExitCode {
+    // First of all, so that a signal in any phase (even before the broker answers) ends a
+    // long-running command cleanly; the other commands keep the default (the signal ends them).
+    let stop = tokio_util::sync::CancellationToken::new();
+    if matches!(cli.command, Command::Run { .. } | Command::Sim { .. }) {
+        cancel_on_signal(stop.clone());
+    }
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(error) => {
-            eprintln!("error: {error}");
+            err!("error: {error}");
             return ExitCode::from(2);
         }
     };
@@ -170,6 +253,7 @@ async fn main() -> ExitCode {
     );
     let result = match cli.command {
         Command::Run {
+            simulators,
             only,
             concurrency,
             part_concurrency,
@@ -194,13 +278,13 @@ async fn main() -> ExitCode {
             if let Some(parts) = parts {
                 options.parts = parts;
             }
-            run(settings, options).await
+            run(settings, options, simulators, stop).await
         }
         Command::Migrate {
             print_definitions: true,
         } => {
             let topology = uidflow::topology::Topology::for_settings(&settings);
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&topology.definitions())
                     .expect("definitions serialise")
@@ -263,6 +347,7 @@ async fn main() -> ExitCode {
             retry_after,
             timeout_rate,
             hang,
+            token_file,
         } => {
             let faults = Faults {
                 latency,
@@ -276,8 +361,9 @@ async fn main() -> ExitCode {
             if let Err(error) = faults.validate() {
                 return usage(&error.to_string());
             }
-            sim(addr, faults).await
+            sim(addr, faults, &token_file, stop).await
         }
+        Command::Tokens(command) => tokens(&settings, command),
         Command::Bench(args) => bench::run(&settings, &args).await,
         Command::Chaos(args) => chaos::run(&settings, &args).await,
     };
@@ -285,7 +371,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            err!("error: {error:#}");
             ExitCode::FAILURE
         }
     }
@@ -351,14 +437,77 @@ async fn remote_status(
 }
 
 fn usage(message: &str) -> ExitCode {
-    eprintln!("error: {message}");
+    err!("error: {message}");
     ExitCode::from(2)
+}
+
+fn tokens(settings: &Settings, command: TokensCommand) -> anyhow::Result<ExitCode> {
+    use uidflow::api::auth::{self, Role};
+    let path = settings
+        .api_tokens_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(LOCAL_TOKENS_FILE));
+    match command {
+        TokensCommand::Add {
+            role,
+            service,
+            name,
+        } => {
+            let role = if role == "clerk" {
+                Role::Clerk
+            } else {
+                Role::Operator
+            };
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+                && !dir.exists()
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
+            }
+            match auth::add_token(&path, role, service.as_deref(), name.as_deref()) {
+                Ok(token) => {
+                    use secrecy::ExposeSecret;
+                    err!(
+                        "token added to {}; it is shown once, here, and stored nowhere:",
+                        path.display()
+                    );
+                    out!("{}", token.expose_secret());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => Ok(usage(&error)),
+            }
+        }
+        TokensCommand::List => {
+            let entries = match auth::read_entries(&path) {
+                Ok(entries) => entries,
+                Err(error) => return Ok(usage(&error)),
+            };
+            out!("{:<32} {:<9} issuing service", "name", "role");
+            for entry in entries {
+                let role = match entry.role {
+                    Role::Clerk => "clerk",
+                    Role::Operator => "operator",
+                };
+                let name = entry.name.unwrap_or_else(|| {
+                    format!("({role}-{})", &entry.sha256.get(..8).unwrap_or(""))
+                });
+                out!(
+                    "{name:<32} {role:<9} {}",
+                    entry.issuing_service.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 async fn migrate(settings: Settings) -> anyhow::Result<ExitCode> {
     let pool = system::migrate(&settings, 2).await?;
     pool.close().await;
-    println!(
+    out!(
         "migrations applied to {} and topology declared on {}",
         settings.database_url_redacted(),
         settings.amqp_url_redacted()
@@ -366,17 +515,25 @@ async fn migrate(settings: Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<ExitCode> {
-    // Listen for SIGINT/SIGTERM before anything else, so a signal during start-up also ends
-    // the process cleanly (once it has started, after in-flight work).
-    let stop = tokio_util::sync::CancellationToken::new();
-    let signalled = shutdown_signal();
-    let on_signal = stop.clone();
-    tokio::spawn(async move {
-        signalled.await;
-        tracing::info!("shutting down: finishing in-flight work");
-        on_signal.cancel();
-    });
+async fn run(
+    mut settings: Settings,
+    mut options: RunOptions,
+    simulators: bool,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    // Everything that can be wrong in the configuration, before anything connects.
+    let hosts = |part: system::Part| options.parts.contains(&part);
+    let needs_mvd = hosts(system::Part::VerifyIdentity);
+    let needs_sms = hosts(system::Part::ConfirmPhone) || hosts(system::Part::SendSms);
+    if let Err(error) = settings.require_external(needs_mvd, needs_sms, simulators) {
+        return Ok(usage(&error.to_string()));
+    }
+    if hosts(system::Part::Api) && options.tokens.is_none() {
+        match system::api_tokens(&settings) {
+            Ok(tokens) => options.tokens = Some(tokens),
+            Err(error) => return Ok(usage(&format!("{error:#}"))),
+        }
+    }
     // Steps hold a connection while they commit; leave room for every consumer at once.
     let busiest = options
         .parts
@@ -385,13 +542,40 @@ async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<ExitCode
         .max()
         .unwrap_or(1);
     let connections = busiest.saturating_mul(3).clamp(8, 90);
-    let pool = system::prepare(&settings, connections).await?;
+    // A signal while connecting (the broker or the database may be retried for a while) ends
+    // the start; what a dropped attempt opened is closed with it.
+    let pool = tokio::select! {
+        prepared = system::prepare(&settings, connections) => prepared?,
+        () = stop.cancelled() => {
+            tracing::info!("stopped while starting");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let names: Vec<_> = options.parts.iter().map(|p| p.as_str()).collect();
-    let running = uidflow_cli::start(&settings, &pool, &options, SimConfig::default()).await?;
+    let running = match uidflow_cli::start(&settings, &pool, &options, SimConfig::default()).await {
+        Ok(running) => running,
+        Err(error) => {
+            pool.close().await;
+            return Err(error);
+        }
+    };
+    if let Some((sims, addr)) = &running.simulators {
+        let path = std::path::Path::new(SIM_TOKEN_FILE);
+        match sims.write_token(path) {
+            Ok(()) => err!(
+                "simulators on http://{addr}: their read-back and fault control need the token in {}",
+                path.display()
+            ),
+            Err(error) => {
+                tracing::warn!(error = %error, path = %path.display(), "cannot write the simulators' token")
+            }
+        }
+    }
     tracing::info!(parts = ?names, database = %settings.database_url_redacted(), broker = %settings.amqp_url_redacted(), "uidflow running; Ctrl-C to stop");
     let token = running.system.token();
     tokio::spawn(async move {
         stop.cancelled().await;
+        tracing::info!("shutting down: finishing in-flight work");
         token.cancel();
     });
     running.system.run_until_cancelled().await;
@@ -400,7 +584,12 @@ async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-async fn sim(addr: std::net::SocketAddr, faults: Faults) -> anyhow::Result<ExitCode> {
+async fn sim(
+    addr: std::net::SocketAddr,
+    faults: Faults,
+    token_file: &std::path::Path,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({e}); choose another --addr"))?;
@@ -409,21 +598,30 @@ async fn sim(addr: std::net::SocketAddr, faults: Faults) -> anyhow::Result<ExitC
         mvd: faults.clone(),
         sms: faults,
     });
-    let token = tokio_util::sync::CancellationToken::new();
-    println!("MVD_URL={}", Simulators::mvd_url(addr));
-    println!("SMS_URL={}", Simulators::sms_url(addr));
-    println!(
-        "read SMS back: GET {}/v1/messages?phone=%2B375…; faults: PUT http://{addr}/sim/v1/faults/{{mvd,sms}}",
-        Simulators::sms_url(addr)
+    simulators.write_token(token_file).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot write the token to {} ({e}); choose another --token-file",
+            token_file.display()
+        )
+    })?;
+    out!("MVD_URL={}", Simulators::mvd_url(addr));
+    out!("SMS_URL={}", Simulators::sms_url(addr));
+    out!(
+        "read SMS back: GET {}/v1/messages?phone=%2B375…; faults: PUT http://{addr}/sim/v1/faults/{{mvd,sms}}; both with Authorization: Bearer <the token in {}>",
+        Simulators::sms_url(addr),
+        token_file.display()
     );
-    let stop = token.clone();
+    simulators.serve(listener, stop).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `stop` on the first SIGINT or SIGTERM; the handlers are installed now.
+fn cancel_on_signal(stop: tokio_util::sync::CancellationToken) {
     let signalled = shutdown_signal();
     tokio::spawn(async move {
         signalled.await;
         stop.cancel();
     });
-    simulators.serve(listener, token).await?;
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Installs the SIGINT and SIGTERM handlers now; the future resolves on the first signal.
