@@ -103,8 +103,9 @@ pub struct Settings {
 
 /// Default of `DATABASE_MAX_CONNECTIONS`: a connection is held only while a delivery commits
 /// (and, for a code or password SMS, while it is sent under the row lock), so a few serve a
-/// process; eleven processes (two whole, one per part) fit PostgreSQL's default 100.
-pub const DEFAULT_DATABASE_MAX_CONNECTIONS: u32 = 6;
+/// process (each outbox relay keeps one for its `LISTEN`); eleven processes (two whole, one
+/// per part) fit PostgreSQL's default 100.
+pub const DEFAULT_DATABASE_MAX_CONNECTIONS: u32 = 8;
 
 impl Settings {
     /// Reads the process environment, after loading `.env` if present.

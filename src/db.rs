@@ -51,14 +51,14 @@ pub enum DbError {
     },
     /// The pool would not fit in the server's connections.
     #[error(
-        "{wanted} connections (DATABASE_MAX_CONNECTIONS={pool}, plus {extra} of the outbox relays' and the vacuum's own) do not fit on {url}: the server allows {limit} for roles like this one (max_connections {max} less {reserved} reserved) and {in_use} are in use; lower DATABASE_MAX_CONNECTIONS or raise max_connections (or put PgBouncer in front, see docs/OPERATIONS.md)"
+        "{wanted} connections (DATABASE_MAX_CONNECTIONS={pool}, plus {extra} of the vacuum's own) do not fit on {url}: the server allows {limit} for roles like this one (max_connections {max} less {reserved} reserved) and {in_use} are in use; lower DATABASE_MAX_CONNECTIONS or raise max_connections (or put PgBouncer in front, see docs/OPERATIONS.md)"
     )]
     TooManyConnections {
         /// Redacted URL.
         url: String,
         /// The pool's size.
         pool: u32,
-        /// Connections outside the pool (listeners, vacuum).
+        /// Connections outside the pool (the vacuum's).
         extra: u32,
         /// Both.
         wanted: u32,

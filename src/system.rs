@@ -79,6 +79,12 @@ impl Part {
     }
 }
 
+/// PostgreSQL connections a process with `parts` opens beside its pool: the vacuum's own (the
+/// outbox relays' listeners are pool connections).
+pub fn extra_connections(parts: &BTreeSet<Part>) -> u32 {
+    u32::from(parts.contains(&Part::Outbox))
+}
+
 /// Parses `--only intake,outbox`.
 pub fn parse_parts(list: &str) -> Result<BTreeSet<Part>, String> {
     let mut parts = BTreeSet::new();

@@ -42,6 +42,8 @@ pub struct TestApp {
     pub channel: Channel,
     /// The MVD and SMS simulators (pipeline tests), served from the test process.
     pub sim: Option<uidflow::sim::Simulators>,
+    /// Where those simulators listen.
+    pub sim_addr: Option<std::net::SocketAddr>,
     /// The API's base URL, e.g. `http://127.0.0.1:41234`, when the system runs.
     pub api: Option<String>,
     /// Tokens by name: `operator`, `clerk-<service>` (see `test_tokens`).
@@ -214,6 +216,7 @@ impl TestApp {
         let app = Self::prepare_with(&extra).await;
         Self {
             sim: Some(sim),
+            sim_addr: Some(addr),
             ..app
         }
     }
@@ -273,6 +276,7 @@ impl TestApp {
             connection,
             channel,
             sim: None,
+            sim_addr: None,
             api: None,
             tokens: HashMap::new(),
         }
@@ -498,6 +502,54 @@ impl TestApp {
         .expect("drop test database");
         admin.close().await;
     }
+}
+
+/// A clerk at work: until `token` is cancelled, types back the newest code of every
+/// application that waits for one (read from the test's simulators), as an intake system would.
+pub async fn spawn_clerk(
+    app: &TestApp,
+    token: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let pool = app.pool.clone();
+    let sim = app.sim().clone();
+    let channel = app.connection.create_channel().await.unwrap();
+    tokio::spawn(async move {
+        let mut typed: HashMap<String, String> = HashMap::new();
+        while !token.is_cancelled() {
+            let waiting: Vec<(String, String)> = sqlx::query_as(
+                "SELECT application_id::text, payload->>'phone' FROM applications WHERE status = 'awaiting_phone_confirmation'",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+            for (id, phone) in waiting {
+                let newest = sim
+                    .messages_to(&phone)
+                    .iter()
+                    .rev()
+                    .find_map(|m| uidflow::sms::texts::code_in(&m.text).map(str::to_owned));
+                if let Some(code) = newest
+                    && typed.get(&id) != Some(&code)
+                {
+                    let body = serde_json::json!({"application_id": id, "code": code});
+                    let published = channel
+                        .basic_publish(
+                            "uid.intake".into(),
+                            "phone-confirmation".into(),
+                            Default::default(),
+                            &serde_json::to_vec(&body).unwrap(),
+                            lapin::BasicProperties::default().with_delivery_mode(2),
+                        )
+                        .await;
+                    if published.is_ok() {
+                        typed.insert(id, code);
+                    }
+                }
+            }
+            // The clerk's pace; not a wait for a condition.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
 }
 
 /// Polls `probe` until it returns `Some`, failing the test after [`DEADLINE`].

@@ -534,14 +534,9 @@ async fn run(
             Err(error) => return Ok(usage(&format!("{error:#}"))),
         }
     }
-    // Steps hold a connection while they commit; leave room for every consumer at once.
-    let busiest = options
-        .parts
-        .iter()
-        .map(|p| u32::from(options.concurrency_of(*p)))
-        .max()
-        .unwrap_or(1);
-    let connections = busiest.saturating_mul(3).clamp(8, 90);
+    // A connection is held only while a delivery commits: deliveries wait for one of the
+    // pool's few (DATABASE_MAX_CONNECTIONS) rather than each having its own.
+    let connections = settings.database_max_connections;
     // A signal while connecting (the broker or the database may be retried for a while) ends
     // the start; what a dropped attempt opened is closed with it.
     let pool = tokio::select! {
@@ -551,6 +546,17 @@ async fn run(
             return Ok(ExitCode::SUCCESS);
         }
     };
+    if let Err(error) = uidflow::db::check_fits(
+        &settings,
+        &pool,
+        connections,
+        system::extra_connections(&options.parts),
+    )
+    .await
+    {
+        pool.close().await;
+        return Err(error.into());
+    }
     let names: Vec<_> = options.parts.iter().map(|p| p.as_str()).collect();
     let running = match uidflow_cli::start(&settings, &pool, &options, SimConfig::default()).await {
         Ok(running) => running,

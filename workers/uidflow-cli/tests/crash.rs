@@ -102,50 +102,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
         app.publish_application(&application).await;
     }
 
-    // The clerk: types back the newest code of every application that waits for one.
-    let clerk = {
-        let pool = app.pool.clone();
-        let sim = sim.clone();
-        let channel = app.connection.create_channel().await.unwrap();
-        let token = token.clone();
-        tokio::spawn(async move {
-            let mut typed: HashMap<String, String> = HashMap::new();
-            while !token.is_cancelled() {
-                let waiting: Vec<(String, String)> = sqlx::query_as(
-                    "SELECT application_id::text, payload->>'phone' FROM applications WHERE status = 'awaiting_phone_confirmation'",
-                )
-                .fetch_all(&pool)
-                .await
-                .unwrap_or_default();
-                for (id, phone) in waiting {
-                    let newest = sim
-                        .messages_to(&phone)
-                        .iter()
-                        .rev()
-                        .find_map(|m| uidflow::sms::texts::code_in(&m.text).map(str::to_owned));
-                    if let Some(code) = newest
-                        && typed.get(&id) != Some(&code)
-                    {
-                        let body = serde_json::json!({"application_id": id, "code": code});
-                        let published = channel
-                            .basic_publish(
-                                "uid.intake".into(),
-                                "phone-confirmation".into(),
-                                Default::default(),
-                                &serde_json::to_vec(&body).unwrap(),
-                                lapin::BasicProperties::default().with_delivery_mode(2),
-                            )
-                            .await;
-                        if published.is_ok() {
-                            typed.insert(id, code);
-                        }
-                    }
-                }
-                // The clerk's pace; not a wait for a condition.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let clerk = common::spawn_clerk(&app, token.clone()).await;
 
     let mut child = spawn(&env, &log);
     for kill in 0..KILLS {
