@@ -7,4 +7,5 @@ mod common;
 mod access;
 mod applications;
 mod dead_letters;
+mod deploy_metrics;
 mod observability;
