@@ -159,6 +159,7 @@ impl BrokerUser {
                     DEAD_LETTER_EXCHANGE,
                     WORK_EXCHANGE,
                     RETRY_EXCHANGE,
+                    TIMER_EXCHANGE,
                     PARKING_EXCHANGE,
                     DEAD_LETTER_QUEUE,
                     PARKING_QUEUE,
@@ -167,7 +168,7 @@ impl BrokerUser {
                     names.iter().map(|n| regex::escape(n)).collect();
                 alternatives.sort();
                 alternatives.dedup();
-                for family in ["uid.intake.", "uid.step.", "uid.retry."] {
+                for family in ["uid.intake.", "uid.step.", "uid.retry.", "uid.timer."] {
                     alternatives.push(format!("{}.+", regex::escape(family)));
                 }
                 let ours = format!("^({})$", alternatives.join("|"));
