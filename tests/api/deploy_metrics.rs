@@ -108,10 +108,14 @@ async fn every_metric_the_dashboard_and_the_alerts_name_is_exported() {
         .expect("publish")
         .await
         .expect("confirm");
+    // An API request is counted once answered: the next scrape shows the HTTP metrics.
+    assert_eq!(app.call("GET", "/healthz", None, None).await.status, 200);
     let exported = wait_until("the out-of-order item counted on /metrics", || async {
         let text = app.call("GET", "/metrics", None, None).await.text;
-        (text.contains("uidflow_out_of_order_total") && text.contains("uidflow_dead_letters_total"))
-            .then_some(text)
+        (text.contains("uidflow_out_of_order_total")
+            && text.contains("uidflow_dead_letters_total")
+            && text.contains("uidflow_http_requests_total"))
+        .then_some(text)
     })
     .await;
     // The name of every sample line (a histogram's series folded into its name).
