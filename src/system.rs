@@ -171,26 +171,27 @@ pub fn parse_part_concurrency(list: &str) -> Result<std::collections::BTreeMap<P
 /// declares the topology. On an error the pool is closed before returning, so nothing opened
 /// here outlives it.
 pub async fn prepare(settings: &Settings, max_connections: u32) -> anyhow::Result<PgPool> {
-    let pool = db::connect(settings, max_connections).await?;
-    let prepared = async {
-        db::migrate_if_pending(settings, &pool).await?;
-        amqp::declare_topology(settings).await?;
-        anyhow::Ok(())
-    }
-    .await;
-    if let Err(error) = prepared {
-        pool.close().await;
-        return Err(error);
-    }
-    Ok(pool)
+    open(settings, max_connections, false).await
 }
 
 /// `uidflow migrate`: like [`prepare`], but always migrates and (re)grants the runtime role
 /// (run as the database owner).
 pub async fn migrate(settings: &Settings, max_connections: u32) -> anyhow::Result<PgPool> {
+    open(settings, max_connections, true).await
+}
+
+async fn open(
+    settings: &Settings,
+    max_connections: u32,
+    always_migrate: bool,
+) -> anyhow::Result<PgPool> {
     let pool = db::connect(settings, max_connections).await?;
     let prepared = async {
-        db::migrate(settings, &pool).await?;
+        if always_migrate {
+            db::migrate(settings, &pool).await?;
+        } else {
+            db::migrate_if_pending(settings, &pool).await?;
+        }
         amqp::declare_topology(settings).await?;
         anyhow::Ok(())
     }

@@ -5,8 +5,6 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
 use serde_json::{Value, json};
 
 use crate::common::{Person, TestApp, wait_until};
@@ -94,20 +92,15 @@ async fn every_metric_the_dashboard_and_the_alerts_name_is_exported() {
     // (parked `out_of_order` and counted, what `UidflowOutOfOrder` alerts on).
     let id = app.complete(&Person::new(81), "issue").await;
     let item = json!({"application_id": id, "step": "register", "attempt": 1});
-    app.channel
-        .basic_publish(
-            "".into(),
-            uidflow::topology::step_queue("send-sms").as_str().into(),
-            BasicPublishOptions::default(),
-            &serde_json::to_vec(&item).unwrap(),
-            BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into()),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
+    let queue = uidflow::topology::step_queue("send-sms");
+    app.publish_to(
+        "",
+        &queue,
+        &serde_json::to_vec(&item).unwrap(),
+        None,
+        &Value::Null,
+    )
+    .await;
     // An API request is counted once answered: the next scrape shows the HTTP metrics.
     assert_eq!(app.call("GET", "/healthz", None, None).await.status, 200);
     let exported = wait_until("the out-of-order item counted on /metrics", || async {

@@ -296,6 +296,20 @@ impl TestApp {
         message_id: Option<&str>,
         headers: &Value,
     ) {
+        self.publish_to("uid.intake", routing_key, body, message_id, headers)
+            .await;
+    }
+
+    /// Publishes raw bytes to any exchange (`""`: straight to the queue named `routing_key`,
+    /// as a forger with broker access could), persistent JSON, and waits for the confirm.
+    pub async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        message_id: Option<&str>,
+        headers: &Value,
+    ) {
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
@@ -308,7 +322,7 @@ impl TestApp {
         let confirm = self
             .channel
             .basic_publish(
-                "uid.intake".into(),
+                exchange.into(),
                 routing_key.into(),
                 BasicPublishOptions {
                     mandatory: true,

@@ -7,8 +7,6 @@
 
 use std::collections::BTreeSet;
 
-use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
 use serde_json::{Value, json};
 use uidflow::route::{CONFIRM_PHONE, REGISTER, SEND_SMS, STEPS, VERIFY_IDENTITY};
 use uidflow::system::{Part, RunOptions};
@@ -42,28 +40,15 @@ async fn restart(app: &mut TestApp, options: RunOptions) {
 /// Publishes `item` straight to the queue of `queue_step` (the default exchange), as a forger.
 async fn forge_on(app: &TestApp, queue_step: &str, item: &Value) {
     let queue = uidflow::topology::step_queue(queue_step);
-    let confirm = app
-        .channel
-        .basic_publish(
-            "".into(),
-            queue.as_str().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            &serde_json::to_vec(item).unwrap(),
-            BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into()),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
-    assert!(
-        matches!(confirm, lapin::Confirmation::Ack(None)),
-        "{confirm:?}"
-    );
+    let body = serde_json::to_vec(item).unwrap();
+    app.publish_to("", &queue, &body, None, &Value::Null).await;
+}
+
+/// Publishes an application of `kind` for `person` and returns its id.
+async fn submit(app: &TestApp, person: &Person, kind: &str) -> String {
+    let application = person.application(kind);
+    app.publish_application(&application).await;
+    application["application_id"].as_str().unwrap().to_owned()
 }
 
 /// A work item for `step` of application `id`, on that step's own queue.
@@ -164,9 +149,7 @@ async fn no_step_runs_before_the_identity_is_verified() {
     // verify-identity does not run: the application stays `verifying_identity`.
     let mut app = TestApp::spawn_pipeline_with("10m", without(&[Part::VerifyIdentity])).await;
     let person = Person::new(801);
-    let application = person.application("issue");
-    let id = application["application_id"].as_str().unwrap().to_owned();
-    app.publish_application(&application).await;
+    let id = submit(&app, &person, "issue").await;
     app.wait_for_status(&id, "verifying_identity").await;
 
     let running = [CONFIRM_PHONE, REGISTER, SEND_SMS];
@@ -203,9 +186,7 @@ async fn no_step_runs_before_the_identity_is_verified() {
 async fn nothing_registers_before_the_code_is_typed_back() {
     let app = TestApp::spawn_pipeline("10m").await;
     let person = Person::new(802);
-    let application = person.application("issue");
-    let id = application["application_id"].as_str().unwrap().to_owned();
-    app.publish_application(&application).await;
+    let id = submit(&app, &person, "issue").await;
     app.wait_for_status(&id, "awaiting_phone_confirmation")
         .await;
 
@@ -247,9 +228,7 @@ async fn registering_and_sending_hold_against_forged_items_and_completion_ignore
     // register does not run: the application stays `registering` after the right code.
     let mut app = TestApp::spawn_pipeline_with("10m", without(&[Part::Register])).await;
     let person = Person::new(803);
-    let application = person.application("issue");
-    let id = application["application_id"].as_str().unwrap().to_owned();
-    app.publish_application(&application).await;
+    let id = submit(&app, &person, "issue").await;
     app.confirm_phone(&id, &person.phone).await;
     app.wait_for_status(&id, "registering").await;
 
@@ -326,9 +305,7 @@ async fn an_existing_uid_cannot_be_taken_over_by_skipping_verification() {
     };
     let mut ids = Vec::new();
     for kind in ["change_phone", "block", "unblock"] {
-        let application = attacker.application(kind);
-        let id = application["application_id"].as_str().unwrap().to_owned();
-        app.publish_application(&application).await;
+        let id = submit(&app, &attacker, kind).await;
         app.wait_for_status(&id, "verifying_identity").await;
         forge(&app, &id, REGISTER, 1).await;
         forge(&app, &id, SEND_SMS, 1).await;
