@@ -219,6 +219,9 @@ pub enum PublishResult {
     Refused(String),
 }
 
+/// How a [`PublishResult::Refused`] for a message the broker returned begins.
+pub const UNROUTABLE: &str = "returned unroutable";
+
 /// A channel in confirm mode, for publishing.
 #[derive(Clone)]
 pub struct Publisher {
@@ -277,7 +280,7 @@ impl Publisher {
             results.push(match confirm.await? {
                 Confirmation::Ack(None) | Confirmation::NotRequested => PublishResult::Confirmed,
                 Confirmation::Ack(Some(returned)) => PublishResult::Refused(format!(
-                    "returned unroutable: {} {}",
+                    "{UNROUTABLE}: {} {}",
                     returned.reply_code, returned.reply_text
                 )),
                 Confirmation::Nack(_) => {

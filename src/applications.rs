@@ -562,3 +562,24 @@ pub async fn note(
     .await?;
     Ok(())
 }
+
+/// Records that attempt `attempt` of `step` is due at `at` (a retry's wait, a reconciler's
+/// re-send): the reconciler's deadline for the application counts from it.
+pub async fn set_due(
+    conn: &mut PgConnection,
+    application_id: Uuid,
+    step: &str,
+    attempt: u32,
+    at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE applications SET due_at = $2, due_step = $3, due_attempt = $4 WHERE application_id = $1",
+    )
+    .bind(application_id)
+    .bind(at)
+    .bind(step)
+    .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -99,6 +99,11 @@ pub struct Settings {
     pub hash_params: crate::secrets::HashParams,
     /// PostgreSQL connections this process's pool may hold (`DATABASE_MAX_CONNECTIONS`).
     pub database_max_connections: u32,
+    /// How often the reconciler looks for overdue applications (`RECONCILE_INTERVAL`, 30s).
+    pub reconcile_interval: Duration,
+    /// How long after its expected event an application counts as overdue
+    /// (`RECONCILE_GRACE`, 5m): longer than a step queue's backlog normally takes to drain.
+    pub reconcile_grace: Duration,
 }
 
 /// Default of `DATABASE_MAX_CONNECTIONS`: a connection is held only while a delivery commits
@@ -218,6 +223,12 @@ impl Settings {
                         problem: format!("{text:?} is not a whole number from 1 to 1000"),
                     })?,
             },
+            reconcile_interval: parse_duration_var(
+                "RECONCILE_INTERVAL",
+                get("RECONCILE_INTERVAL"),
+                "30s",
+            )?,
+            reconcile_grace: parse_duration_var("RECONCILE_GRACE", get("RECONCILE_GRACE"), "5m")?,
         })
     }
 
@@ -399,6 +410,8 @@ mod tests {
         assert_eq!(s.phone_code_ttl, Duration::from_secs(600));
         assert_eq!(s.temp_password_ttl, Duration::from_secs(72 * 3600));
         assert_eq!(s.http_timeout, Duration::from_secs(10));
+        assert_eq!(s.reconcile_interval, Duration::from_secs(30));
+        assert_eq!(s.reconcile_grace, Duration::from_secs(300));
         assert!(s.mvd_url.is_none() && s.sms_url.is_none());
         assert_eq!(s.simulated, Simulated::default());
         assert_eq!(s.hash_params, crate::secrets::HashParams::owasp());

@@ -144,6 +144,11 @@ async fn session<H: Handler>(
         .create_channel()
         .await
         .map_err(|e| early(e.into()))?;
+    // The queue (and its bindings) may have been deleted: declare it again (idempotent).
+    let topology = crate::topology::Topology::for_settings(settings).only_queue(&config.queue);
+    crate::amqp::declare(&channel, &topology)
+        .await
+        .map_err(|e| early(e.into()))?;
     channel
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await

@@ -15,6 +15,7 @@ pub mod http;
 pub mod intake;
 pub mod messages;
 pub mod outbox;
+pub mod reconcile;
 pub mod retry;
 pub mod route;
 pub mod runtime;

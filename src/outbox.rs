@@ -186,6 +186,10 @@ fn with_traceparent(headers: &Value, traceparent: Option<String>) -> Value {
     }
 }
 
+/// The shortest time between two declarations of the topology by one relay (after messages
+/// came back unroutable).
+const REDECLARE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a relay round stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -197,12 +201,21 @@ pub enum RelayError {
     Database(#[source] sqlx::Error),
 }
 
-/// Publishes up to `limit` due rows; returns how many rows it handled.
+/// What one relay round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Relayed {
+    /// Rows handled (published, or refused and kept for a later round).
+    pub handled: usize,
+    /// Rows the broker returned as unroutable (a queue or binding is missing).
+    pub unroutable: usize,
+}
+
+/// Publishes up to `limit` due rows.
 pub async fn relay_once(
     pool: &PgPool,
     publisher: &Publisher,
     limit: i64,
-) -> Result<usize, RelayError> {
+) -> Result<Relayed, RelayError> {
     let mut tx = pool.begin().await.map_err(RelayError::Database)?;
     let rows = sqlx::query(
         "SELECT id, exchange, routing_key, message_id, content_type, headers, body, mandatory, expiration_ms
@@ -213,7 +226,7 @@ pub async fn relay_once(
     .await
     .map_err(RelayError::Database)?;
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Relayed::default());
     }
     // The delete need not wait for its WAL flush: if it is lost in a crash, the rows are
     // published again, which a crash between confirm and delete does anyway (at-least-once).
@@ -244,6 +257,7 @@ pub async fn relay_once(
         .await
         .map_err(RelayError::Broker)?;
     let mut done = Vec::with_capacity(ids.len());
+    let mut unroutable = 0;
     for ((id, message), result) in ids.iter().zip(&messages).zip(results) {
         match result {
             PublishResult::Confirmed => {
@@ -257,6 +271,9 @@ pub async fn relay_once(
                 done.push(*id);
             }
             PublishResult::Refused(why) => {
+                if why.starts_with(crate::amqp::UNROUTABLE) {
+                    unroutable += 1;
+                }
                 ::metrics::counter!(names::OUTBOX_FAILED_TOTAL, "exchange" => message.exchange.clone())
                     .increment(1);
                 tracing::warn!(outbox.id = id, exchange = %message.exchange, routing_key = %message.routing_key, error = %why, "broker refused an outbox message; will retry");
@@ -279,7 +296,10 @@ pub async fn relay_once(
         .await
         .map_err(RelayError::Database)?;
     tx.commit().await.map_err(RelayError::Database)?;
-    Ok(rows.len())
+    Ok(Relayed {
+        handled: rows.len(),
+        unroutable,
+    })
 }
 
 /// Relays the outbox until `token` is cancelled, reconnecting to the broker as needed.
@@ -315,10 +335,30 @@ pub async fn run_relay(settings: Settings, pool: PgPool, token: CancellationToke
             }
         };
         delays.reset();
+        let mut declared_at: Option<std::time::Instant> = None;
         loop {
             match relay_once(&pool, &publisher, BATCH).await {
-                Ok(n) if n as i64 == BATCH => continue,
-                Ok(_) => {}
+                Ok(round) => {
+                    if round.unroutable > 0
+                        && declared_at.is_none_or(|at| at.elapsed() >= REDECLARE_EVERY)
+                    {
+                        // A queue or binding was deleted: put the topology back (the rows
+                        // stay in the outbox and go out on a later round).
+                        declared_at = Some(std::time::Instant::now());
+                        match crate::amqp::declare_topology(&settings).await {
+                            Ok(()) => tracing::warn!(
+                                unroutable = round.unroutable,
+                                "messages were unroutable; the topology was declared again"
+                            ),
+                            Err(error) => {
+                                tracing::warn!(error = %error, "messages were unroutable and the topology could not be declared again")
+                            }
+                        }
+                    }
+                    if round.handled as i64 == BATCH {
+                        continue;
+                    }
+                }
                 Err(RelayError::Broker(error)) => {
                     tracing::warn!(error = %error, "outbox relay lost its channel; reconnecting");
                     crate::amqp::close(&connection, 320, "reconnecting").await;

@@ -254,6 +254,12 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> anyhow
                     let (settings, pool, token) = (settings.clone(), pool.clone(), token.clone());
                     tasks.spawn(outbox::run_relay(settings, pool, token));
                 }
+                tasks.spawn(crate::reconcile::run(
+                    pool.clone(),
+                    settings.reconcile_interval,
+                    settings.reconcile_grace,
+                    token.clone(),
+                ));
                 tasks.spawn(crate::vacuum::run(pool, token));
             }
             Part::DeadLetterKeeper => {

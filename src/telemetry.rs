@@ -355,6 +355,10 @@ pub mod metrics {
     /// Counter of dead letters parked, by `kind`.
     pub const DEAD_LETTERS_TOTAL: &str = "uidflow_dead_letters_total";
     /// Counter of work items refused because it was not their application's turn, by `step`.
+    /// Overdue applications whose work item the reconciler sent again, by step (counter).
+    pub const RECONCILED_TOTAL: &str = "uidflow_reconciled_total";
+    /// Unfinished applications past their deadline (gauge; `uidflow reconcile` lists them).
+    pub const OVERDUE_APPLICATIONS: &str = "uidflow_overdue_applications";
     pub const OUT_OF_ORDER_TOTAL: &str = "uidflow_out_of_order_total";
     /// Histogram of one step delivery, by `step` and `outcome`.
     pub const STEP_DURATION_SECONDS: &str = "uidflow_step_duration_seconds";

@@ -336,6 +336,32 @@ fn work_queue(name: String) -> Queue {
 }
 
 impl Topology {
+    /// The part of this topology that `queue` needs: the queue, its bindings and their
+    /// exchanges (a consumer declares it before consuming, so a deleted queue comes back).
+    pub fn only_queue(&self, queue: &str) -> Self {
+        let bindings: Vec<Binding> = self
+            .bindings
+            .iter()
+            .filter(|b| b.queue == queue)
+            .cloned()
+            .collect();
+        Self {
+            exchanges: self
+                .exchanges
+                .iter()
+                .filter(|e| bindings.iter().any(|b| b.exchange == e.name))
+                .cloned()
+                .collect(),
+            queues: self
+                .queues
+                .iter()
+                .filter(|q| q.name == queue)
+                .cloned()
+                .collect(),
+            bindings,
+        }
+    }
+
     /// The topology a process with `settings` needs: retry waits of `RETRY_DELAYS` for every
     /// step, and for confirm-phone a timer queue of `PHONE_CODE_TTL` (the code's expiry).
     pub fn for_settings(settings: &crate::config::Settings) -> Self {

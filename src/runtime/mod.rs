@@ -462,6 +462,8 @@ impl<S: Step> StepRunner<S> {
                         format_duration(Duration::from_secs(delay.as_secs().max(1)))
                     );
                     applications::note(&mut tx, id, S::NAME, &detail).await?;
+                    let due = next.not_before.unwrap_or_else(Utc::now);
+                    applications::set_due(&mut tx, id, S::NAME, next.attempt, due).await?;
                     tracing::warn!(
                         error = format!("{source:#}"),
                         delay_ms = delay.as_millis() as u64,

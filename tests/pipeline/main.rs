@@ -7,6 +7,7 @@ mod duplicates;
 mod forged;
 mod kinds;
 mod phone;
+mod reconcile;
 mod rejections;
 mod retries;
 mod tracing;

@@ -97,6 +97,9 @@ struct Plan {
     gap: Duration,
     tail: Duration,
     retry_delays: &'static str,
+    /// `RECONCILE_GRACE` and `RECONCILE_INTERVAL` of the workers.
+    reconcile_grace: &'static str,
+    reconcile_interval: &'static str,
     retry_after: Duration,
     phone_code_ttl: &'static str,
     http_timeout: Duration,
@@ -114,6 +117,7 @@ impl Plan {
                 Fault::Mvd429(s(8)),
                 Fault::Sigterm,
                 Fault::SmsDown(s(10)),
+                Fault::LoseMessages(s(6)),
                 Fault::Rabbitmq(s(5)),
                 Fault::Postgres(s(3)),
             ],
@@ -121,6 +125,8 @@ impl Plan {
             gap: s(2),
             tail: s(3),
             retry_delays: "1s,2s,4s,8s,15s",
+            reconcile_grace: "5s",
+            reconcile_interval: "1s",
             retry_after: s(2),
             phone_code_ttl: "5m",
             http_timeout: s(2),
@@ -138,6 +144,7 @@ impl Plan {
                 Fault::Mvd429(s(90)),
                 Fault::Sigterm,
                 Fault::SmsDown(s(150)),
+                Fault::LoseMessages(s(20)),
                 Fault::Rabbitmq(s(20)),
                 Fault::Sigterm,
                 Fault::Postgres(s(10)),
@@ -149,6 +156,8 @@ impl Plan {
             gap: s(30),
             tail: s(30),
             retry_delays: "2s,10s,30s,1m,2m,4m",
+            reconcile_grace: "30s",
+            reconcile_interval: "5s",
             retry_after: s(10),
             phone_code_ttl: "10m",
             http_timeout: s(5),
@@ -192,7 +201,7 @@ impl Plan {
             .sequence
             .iter()
             .filter_map(|f| match f {
-                Fault::SmsDown(d) | Fault::Mvd429(d) => Some(*d),
+                Fault::SmsDown(d) | Fault::Mvd429(d) | Fault::LoseMessages(d) => Some(*d),
                 _ => None,
             })
             .max()
@@ -280,6 +289,8 @@ async fn drive(
     let extra = [
         ("RETRY_DELAYS", plan.retry_delays.to_owned()),
         ("PHONE_CODE_TTL", plan.phone_code_ttl.to_owned()),
+        ("RECONCILE_GRACE", plan.reconcile_grace.to_owned()),
+        ("RECONCILE_INTERVAL", plan.reconcile_interval.to_owned()),
         ("HTTP_TIMEOUT", format_duration(plan.http_timeout)),
         ("MVD_URL", Simulators::mvd_url(mvd.addr())),
         ("SMS_URL", Simulators::sms_url(sms.addr())),
@@ -650,6 +661,7 @@ fn faults_check(
         "postgres_restart",
         "sms_down",
         "mvd_429",
+        "lose_messages",
     ];
     let mut short = Vec::new();
     for kind in kinds {
@@ -688,8 +700,8 @@ fn faults_check(
     }
 }
 
-/// The outside-service faults bit: the MVD answered 429s, and attempts of both steps that send
-/// SMS failed in the gateway's outage.
+/// The outside-service faults bit: the MVD answered 429s, attempts of both steps that send
+/// SMS failed in the gateway's outage, and the messages the broker lost were revived.
 async fn effects_check(
     pool: &sqlx::PgPool,
     injected: &[Injected],
@@ -717,11 +729,21 @@ async fn effects_check(
             }
         }
     }
+    let lost: u64 = injected
+        .iter()
+        .filter(|i| i.kind == "lose_messages")
+        .filter_map(|i| i.requests)
+        .sum();
+    let revived: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT application_id) FROM application_history WHERE step = 'reconciler'",
+    )
+    .fetch_one(pool)
+    .await?;
     Ok(accounting::Check {
         name: "faults_had_effect",
-        ok: rate_limited > 0 && codes > 0 && passwords > 0,
+        ok: rate_limited > 0 && codes > 0 && passwords > 0 && lost > 0 && revived > 0,
         detail: format!(
-            "the MVD answered {rate_limited} requests with 429; while the SMS gateway was down {codes} confirm-phone and {passwords} send-sms attempts failed"
+            "the MVD answered {rate_limited} requests with 429; while the SMS gateway was down {codes} confirm-phone and {passwords} send-sms attempts failed; the broker lost {lost} messages and the reconciler revived {revived} applications"
         ),
     })
 }

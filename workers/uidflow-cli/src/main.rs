@@ -12,6 +12,7 @@
 mod bench;
 mod chaos;
 mod follow;
+mod reconcile;
 mod remote;
 mod resources;
 mod status;
@@ -122,6 +123,20 @@ enum Command {
     /// The operator's dead-letter tools, through the HTTP API.
     #[command(name = "dead-letters")]
     DeadLetters(remote::DeadLetterArgs),
+    /// The applications past their deadline (nothing happened by the expected event plus
+    /// RECONCILE_GRACE) and what each waits for; `--repair` sends their work items again.
+    Reconcile {
+        /// Send the current work item of each overdue application again (one round, up to
+        /// 500; the ledger makes a duplicate harmless).
+        #[arg(long)]
+        repair: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The grace instead of RECONCILE_GRACE, e.g. `1m`.
+        #[arg(long, value_parser = parse_wait)]
+        grace: Option<Duration>,
+    },
     /// Only the external-system simulators (MVD and SMS gateway), for tests of other systems.
     Sim {
         /// Where to listen.
@@ -363,6 +378,11 @@ async fn command(cli: Cli) -> ExitCode {
             }
             sim(addr, faults, &token_file, stop).await
         }
+        Command::Reconcile {
+            repair,
+            json,
+            grace,
+        } => reconcile::run(&settings, grace, repair, json).await,
         Command::Tokens(command) => tokens(&settings, command),
         Command::Bench(args) => bench::run(&settings, &args).await,
         Command::Chaos(args) => chaos::run(&settings, &args).await,

@@ -30,6 +30,10 @@ pub enum Fault {
     SmsDown(Duration),
     /// The MVD answers every request 429 with `Retry-After` for this long.
     Mvd429(Duration),
+    /// The broker loses messages: the MVD answers 503 for this long (retries pile up in the
+    /// wait queues), then every step and wait queue is purged and one step queue deleted; the
+    /// reconciler must revive what was lost.
+    LoseMessages(Duration),
 }
 
 impl Fault {
@@ -42,6 +46,7 @@ impl Fault {
             Fault::Postgres(_) => "postgres_restart",
             Fault::SmsDown(_) => "sms_down",
             Fault::Mvd429(_) => "mvd_429",
+            Fault::LoseMessages(_) => "lose_messages",
         }
     }
 
@@ -50,7 +55,11 @@ impl Fault {
             Fault::Kill9 => Duration::ZERO,
             // Its exit and restart take a few seconds.
             Fault::Sigterm => Duration::from_secs(5),
-            Fault::Rabbitmq(d) | Fault::Postgres(d) | Fault::SmsDown(d) | Fault::Mvd429(d) => d,
+            Fault::Rabbitmq(d)
+            | Fault::Postgres(d)
+            | Fault::SmsDown(d)
+            | Fault::Mvd429(d)
+            | Fault::LoseMessages(d) => d,
         }
     }
 }
@@ -99,7 +108,8 @@ pub fn schedule(
 /// One fault as it happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct Injected {
-    /// `kill_9`, `sigterm`, `rabbitmq_restart`, `postgres_restart`, `sms_down`, `mvd_429`.
+    /// `kill_9`, `sigterm`, `rabbitmq_restart`, `postgres_restart`, `sms_down`, `mvd_429`,
+    /// `lose_messages`.
     pub kind: &'static str,
     /// Seconds since the run started.
     pub at: f64,
@@ -114,7 +124,7 @@ pub struct Injected {
     /// When it ended.
     #[serde(skip)]
     pub ended: DateTime<Utc>,
-    /// Requests it hit (MVD 429s answered), when known.
+    /// Requests it hit (MVD 429s answered), or messages it lost (`lose_messages`), when known.
     pub requests: Option<u64>,
     /// For SIGTERM: exited 0 within the grace.
     pub clean: Option<bool>,
@@ -196,6 +206,7 @@ impl Injector {
                     self.mvd_429(length).await;
                     Ok(())
                 }
+                Fault::LoseMessages(length) => self.lose_messages(length).await,
                 Fault::Kill9 | Fault::Sigterm => Ok(()),
             };
             if let Err(error) = outcome {
@@ -320,6 +331,53 @@ impl Injector {
         self.sms.up().await?;
         self.record(self.injected("sms_down", at, started));
         Ok(())
+    }
+
+    async fn lose_messages(&self, length: Duration) -> anyhow::Result<()> {
+        let (at, started) = (self.now(), Utc::now());
+        eprintln!("chaos: [{at:>6.1}s] MVD answers 503; then the broker loses messages");
+        let normal = self.sims.mvd_faults();
+        self.sims.set_mvd_faults(Faults {
+            error_rate: 1.0,
+            ..normal.clone()
+        });
+        // The length of the window: chosen, not a wait for a condition.
+        tokio::time::sleep(length).await;
+        let lost = self.purge_and_delete().await;
+        self.sims.set_mvd_faults(normal);
+        let mut injected = self.injected("lose_messages", at, started);
+        injected.requests = Some(lost?);
+        self.record(injected);
+        Ok(())
+    }
+
+    /// Purges every step and wait queue and deletes the register step's queue (with what it
+    /// holds); returns how many messages went.
+    async fn purge_and_delete(&self) -> anyhow::Result<u64> {
+        use lapin::options::{QueueDeleteOptions, QueuePurgeOptions};
+        let connection = uidflow::amqp::connect(&self.settings, "chaos").await?;
+        let channel = connection.create_channel().await?;
+        let topology = uidflow::topology::Topology::for_settings(&self.settings);
+        let mut lost = 0;
+        for queue in topology
+            .queues
+            .iter()
+            .filter(|q| q.name.starts_with("uid.step.") || q.name.starts_with("uid.retry."))
+        {
+            lost += u64::from(
+                channel
+                    .queue_purge(queue.name.as_str().into(), QueuePurgeOptions::default())
+                    .await?,
+            );
+        }
+        let deleted = uidflow::topology::step_queue(uidflow::route::REGISTER);
+        lost += u64::from(
+            channel
+                .queue_delete(deleted.as_str().into(), QueueDeleteOptions::default())
+                .await?,
+        );
+        uidflow::amqp::close(&connection, 200, "messages lost").await;
+        Ok(lost)
     }
 
     async fn mvd_429(&self, length: Duration) {

@@ -1,0 +1,116 @@
+//! `uidflow reconcile`: the applications past their deadline and what each waits for; with
+//! `--repair`, one repair round (the current work item of each sent again). Ids only: no
+//! personal data.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chrono::Utc;
+use uidflow::config::{Settings, format_duration};
+use uidflow::reconcile::{self, Overdue, ROUND_LIMIT};
+
+/// A line on stdout; a closed pipe is not an error worth a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Lists (or repairs) the overdue applications.
+pub async fn run(
+    settings: &Settings,
+    grace: Option<Duration>,
+    repair: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let grace = grace.unwrap_or(settings.reconcile_grace);
+    let pool = uidflow::db::connect(settings, 2).await?;
+    let result = report(&pool, grace, repair, json).await;
+    pool.close().await;
+    result
+}
+
+async fn report(
+    pool: &sqlx::PgPool,
+    grace: Duration,
+    repair: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let total = reconcile::count_overdue(pool, grace).await?;
+    if repair {
+        let round = reconcile::repair(pool, grace).await?;
+        if json {
+            let answer = serde_json::json!({
+                "grace": format_duration(grace),
+                "overdue": total,
+                "ran": round.ran,
+                "revived": round.revived,
+                "unrepairable": round.unrepairable,
+            });
+            say!("{}", serde_json::to_string_pretty(&answer)?);
+        } else if !round.ran {
+            say!("another process is repairing right now; nothing done (try again)");
+        } else {
+            print_table(&round.revived);
+            say!(
+                "{} of {total} overdue application(s) revived (their work item sent again); {} could not be repaired",
+                round.revived.len(),
+                round.unrepairable.len()
+            );
+            if !round.unrepairable.is_empty() {
+                print_table(&round.unrepairable);
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut conn = pool.acquire().await?;
+    let listed = reconcile::overdue(&mut conn, grace, ROUND_LIMIT, false).await?;
+    if json {
+        let answer = serde_json::json!({
+            "grace": format_duration(grace),
+            "overdue": total,
+            "applications": listed,
+        });
+        say!("{}", serde_json::to_string_pretty(&answer)?);
+    } else if listed.is_empty() {
+        say!(
+            "no application is past its deadline (grace {})",
+            format_duration(grace)
+        );
+    } else {
+        print_table(&listed);
+        say!(
+            "{total} application(s) past their deadline (grace {}){}; `uidflow reconcile --repair` sends their work items again",
+            format_duration(grace),
+            if total > listed.len() as i64 {
+                format!(", the oldest {} shown", listed.len())
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(rows: &[Overdue]) {
+    say!(
+        "{:<36}  {:<12}  {:<27}  {:>10}  waits for",
+        "application",
+        "kind",
+        "status",
+        "late by"
+    );
+    let now = Utc::now();
+    for row in rows {
+        let late = (now - row.expected_at).to_std().unwrap_or_default();
+        say!(
+            "{:<36}  {:<12}  {:<27}  {:>10}  {}",
+            row.application_id,
+            row.kind.as_str(),
+            row.status.as_str(),
+            format_duration(Duration::from_secs(late.as_secs())),
+            crate::terminal::escape(&row.waits_for.describe()),
+        );
+    }
+}
