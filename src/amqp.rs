@@ -51,17 +51,12 @@ pub enum AmqpError {
 
 /// Opens a connection named `uidflow-<role>` (visible to operators in the broker's UI).
 pub async fn connect(settings: &Settings, role: &str) -> Result<Connection, AmqpError> {
-    let url = settings.amqp_url.expose_secret().to_owned();
-    let properties =
-        || ConnectionProperties::default().with_connection_name(format!("uidflow-{role}").into());
-    with_backoff(Policy::STARTUP, || {
-        bounded(Connection::connect(&url, properties()))
-    })
-    .await
-    .map_err(|cause| AmqpError::Unreachable {
-        url: settings.amqp_url_redacted(),
-        cause,
-    })
+    with_backoff(Policy::STARTUP, || connect_once(settings, role))
+        .await
+        .map_err(|cause| AmqpError::Unreachable {
+            url: settings.amqp_url_redacted(),
+            cause,
+        })
 }
 
 /// The largest AMQP frame uidflow proposes, unless `AMQP_URL` sets `?frame_max=`. lapin keeps
@@ -70,13 +65,36 @@ pub async fn connect(settings: &Settings, role: &str) -> Result<Connection, Amqp
 /// only split into more frames.
 pub const FRAME_MAX: u32 = 16 * 1024;
 
-/// Connects once, without retrying: for reconnection loops that do their own backoff.
+/// Connects once, without retrying: for reconnection loops that do their own backoff. With
+/// several nodes in `AMQP_URL` it tries each in turn, from a random one (so that processes
+/// spread over the cluster, and a reconnect after a node's loss finds another), and returns
+/// the first that answers, or the last node's error.
 pub async fn connect_once(settings: &Settings, role: &str) -> Result<Connection, lapin::Error> {
+    let nodes = settings.amqp_nodes();
+    let start = if nodes.len() > 1 {
+        rand::random_range(0..nodes.len())
+    } else {
+        0
+    };
+    let mut last = None;
+    for node in nodes.iter().cycle().skip(start).take(nodes.len()) {
+        match connect_node(node, role).await {
+            Ok(connection) => return Ok(connection),
+            Err(error) => {
+                if nodes.len() > 1 {
+                    tracing::debug!(node = %crate::config::redact_url(node), error = %error, "broker node did not answer; trying the next");
+                }
+                last = Some(error);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| lapin::Error::from(std::io::Error::other("AMQP_URL names no node"))))
+}
+
+async fn connect_node(node: &str, role: &str) -> Result<Connection, lapin::Error> {
     let properties =
         ConnectionProperties::default().with_connection_name(format!("uidflow-{role}").into());
-    let mut uri: lapin::uri::AMQPUri = settings
-        .amqp_url
-        .expose_secret()
+    let mut uri: lapin::uri::AMQPUri = node
         .parse()
         .map_err(|error: String| lapin::Error::from(std::io::Error::other(error)))?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);

@@ -136,7 +136,17 @@ impl Settings {
         let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
 
         let amqp_url = get("AMQP_URL").unwrap_or(DEFAULT_AMQP_URL);
-        check_url("AMQP_URL", amqp_url, &["amqp", "amqps"])?;
+        let mut vhosts = std::collections::BTreeSet::new();
+        for node in amqp_nodes(amqp_url) {
+            let url = check_url("AMQP_URL", node, &["amqp", "amqps"])?;
+            vhosts.insert(url.path().trim_start_matches('/').to_owned());
+        }
+        if vhosts.len() > 1 {
+            return Err(ConfigError {
+                variable: "AMQP_URL",
+                problem: "its nodes name different vhosts; list the nodes of one cluster, each with the same vhost".into(),
+            });
+        }
         let database_url = get("DATABASE_URL").unwrap_or(DEFAULT_DATABASE_URL);
         let parsed_db = check_url("DATABASE_URL", database_url, &["postgres", "postgresql"])?;
         if parsed_db.path().trim_start_matches('/').is_empty() {
@@ -275,15 +285,33 @@ impl Settings {
         })
     }
 
-    /// The AMQP URL with any password replaced by `***`, for messages and logs.
+    /// The AMQP URL with any password replaced by `***`, for messages and logs (every node).
     pub fn amqp_url_redacted(&self) -> String {
-        redact_url(self.amqp_url.expose_secret())
+        amqp_nodes(self.amqp_url.expose_secret())
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The nodes of `AMQP_URL` (one URL each), in the order given (CONTRACT §8: several nodes
+    /// of one cluster, comma-separated).
+    pub fn amqp_nodes(&self) -> Vec<String> {
+        amqp_nodes(self.amqp_url.expose_secret())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The database URL with any password replaced by `***`, for messages and logs.
     pub fn database_url_redacted(&self) -> String {
         redact_url(self.database_url.expose_secret())
     }
+}
+
+/// The node URLs of an `AMQP_URL` (comma-separated; a comma inside a password is written `%2C`).
+fn amqp_nodes(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|node| !node.is_empty())
 }
 
 /// Replaces the password of a URL with `***`; an unparsable URL is hidden whole.
@@ -397,6 +425,36 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn amqp_url_may_list_the_nodes_of_one_cluster() {
+        let s = settings(&[(
+            "AMQP_URL",
+            "amqp://u:s3cret@10.0.0.1:5672/prod, amqp://u:s3cret@10.0.0.2:5672/prod,amqps://u:s3cret@10.0.0.3:5671/prod",
+        )])
+        .expect("three nodes of one vhost");
+        assert_eq!(s.amqp_nodes().len(), 3);
+        assert_eq!(s.amqp_nodes()[1], "amqp://u:s3cret@10.0.0.2:5672/prod");
+        let redacted = s.amqp_url_redacted();
+        assert!(
+            !redacted.contains("s3cret") && redacted.matches("***").count() == 3,
+            "{redacted}"
+        );
+        for (value, problem) in [
+            ("amqp://a:5672/one,amqp://b:5672/two", "different vhosts"),
+            ("amqp://a:5672/one,http://b/one", "scheme"),
+            ("amqp://a:5672/one,not a url", "not a URL"),
+        ] {
+            let error = settings(&[("AMQP_URL", value)]).expect_err(value);
+            assert_eq!(error.variable, "AMQP_URL");
+            assert!(
+                error.problem.contains(problem),
+                "{value}: {}",
+                error.problem
+            );
+        }
+        assert_eq!(settings(&[]).unwrap().amqp_nodes().len(), 1);
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod common;
 mod duplicates;
 mod forged;
 mod kinds;
+mod nodes;
 mod phone;
 mod reconcile;
 mod rejections;

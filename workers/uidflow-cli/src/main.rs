@@ -407,10 +407,10 @@ fn broker_users(
     let vhost = match vhost {
         Some(vhost) => vhost,
         None => {
-            let uri: lapin::uri::AMQPUri = settings
-                .amqp_url
-                .expose_secret()
-                .parse()
+            let nodes = settings.amqp_nodes();
+            let uri: lapin::uri::AMQPUri = nodes
+                .first()
+                .map_or(Err("names no node".to_owned()), |node| node.parse())
                 .map_err(|e| anyhow::anyhow!("AMQP_URL: {e}"))?;
             uri.vhost
         }
