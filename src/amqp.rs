@@ -14,7 +14,6 @@ use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
-use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use crate::config::Settings;
