@@ -402,7 +402,6 @@ fn broker_users(
     dir: &std::path::Path,
     vhost: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    use secrecy::ExposeSecret;
     use uidflow::topology::{BrokerUser, users_definitions};
     let vhost = match vhost {
         Some(vhost) => vhost,
