@@ -45,10 +45,12 @@ pub struct ChaosArgs {
     /// Print the report as JSON (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
-    /// The RabbitMQ node to restart (`rabbitmqctl -n NODE`); default rabbitmqctl's own. It must
-    /// serve AMQP_URL.
-    #[arg(long, value_name = "NODE")]
-    pub rabbitmq_node: Option<String>,
+    /// The RabbitMQ node(s) to restart (`rabbitmqctl -n NODE`), comma-separated for a
+    /// cluster (then AMQP_URL lists their addresses; each restart stops one node: the one
+    /// leading the most queues, then any); default rabbitmqctl's own node. They must serve
+    /// AMQP_URL.
+    #[arg(long, value_name = "NODE,…", value_delimiter = ',')]
+    pub rabbitmq_node: Vec<String>,
     /// The PostgreSQL cluster to restart (`pg_ctlcluster VERSION NAME`). It must serve
     /// DATABASE_URL.
     #[arg(long, value_name = "VERSION/NAME", default_value = "15/main")]
@@ -56,6 +58,10 @@ pub struct ChaosArgs {
     /// `uidflow run` processes (every third hosts only the parts that call out).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=6))]
     pub workers: u8,
+    /// Spread the parts over five processes instead (`--only`), each part in two of them, so
+    /// that a kill takes one step's consumer, not a whole pipeline (--workers is ignored).
+    #[arg(long)]
+    pub spread: bool,
     /// Deliveries in flight per consumer in each worker.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
@@ -85,6 +91,14 @@ pub struct ChaosArgs {
 /// The parts of a full worker (everything but the HTTP API) and of a caller-only worker.
 const FULL: &str = "intake,outbox,dead-letter-keeper,phone-confirmation,verify-identity,confirm-phone,register,send-sms";
 const CALLERS: &str = "outbox,verify-identity,confirm-phone,send-sms";
+/// `--spread`: five processes, every part in two of them.
+const SPREAD: [&str; 5] = [
+    "intake,outbox,dead-letter-keeper,phone-confirmation",
+    "verify-identity,confirm-phone",
+    "register,send-sms",
+    "verify-identity,confirm-phone,register,send-sms,outbox",
+    "intake,dead-letter-keeper,phone-confirmation",
+];
 
 /// One form of the suite.
 #[derive(Debug, Clone)]
@@ -120,6 +134,7 @@ impl Plan {
                 Fault::LoseMessages(s(6)),
                 Fault::Rabbitmq(s(5)),
                 Fault::Postgres(s(3)),
+                Fault::Rabbitmq(s(5)),
             ],
             lead_in: s(3),
             gap: s(2),
@@ -318,10 +333,19 @@ async fn drive(
         env.insert("RUST_LOG".into(), "info,lapin=warn,sqlx=warn".into());
     }
     let program = std::env::current_exe().context("where is the uidflow binary?")?;
-    let launches: Vec<Launch> = (0..usize::from(args.workers))
-        .map(|w| Launch {
+    let layout: Vec<&str> = if args.spread {
+        SPREAD.to_vec()
+    } else {
+        (0..usize::from(args.workers))
+            .map(|w| if w % 3 == 2 { CALLERS } else { FULL })
+            .collect()
+    };
+    let launches: Vec<Launch> = layout
+        .iter()
+        .enumerate()
+        .map(|(w, parts)| Launch {
             program: program.clone(),
-            parts: if w % 3 == 2 { CALLERS } else { FULL }.to_owned(),
+            parts: (*parts).to_owned(),
             concurrency: args.concurrency,
             env: env.clone(),
             log: log_dir.join(format!("worker-{w}.log")),
@@ -375,6 +399,9 @@ async fn drive(
         retry_after: plan.retry_after,
         epoch,
         log: Arc::clone(&injected),
+        vhost: scratch.vhost.clone(),
+        broker_restarts: Default::default(),
+        rng: Mutex::new(StdRng::seed_from_u64(seed.wrapping_add(3))),
     });
     let fault_errors = injector
         .run(planned.clone(), StdRng::seed_from_u64(seed.wrapping_add(2)))
@@ -456,7 +483,8 @@ async fn drive(
     let broker_back = services::wait_for_broker(&settings).await.is_ok();
     let database_back = services::wait_for_database(&settings).await.is_ok();
 
-    let injected = injected.lock().map(|i| i.clone()).unwrap_or_default();
+    let mut injected = injected.lock().map(|i| i.clone()).unwrap_or_default();
+    measure_pauses(&pool, &mut injected).await?;
     let (mut checks, figures) = {
         // Every task that wrote to the book has ended: take it.
         let book = std::mem::take(
@@ -621,6 +649,35 @@ async fn unsettled(pool: &sqlx::PgPool, book: &Mutex<Book>) -> Option<String> {
         .then(|| format!("{open} stories open, {pending} applications not settled"))
 }
 
+/// How long the pipeline stood still at each fault (kills aside): the longest stretch from
+/// the fault's start to 10 s after its end without a history row (no application moved).
+async fn measure_pauses(pool: &sqlx::PgPool, injected: &mut [Injected]) -> anyhow::Result<()> {
+    for fault in injected.iter_mut().filter(|f| f.kind != "kill_9") {
+        let until = fault.ended + chrono::Duration::seconds(10);
+        let moments: Vec<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            "SELECT at FROM application_history WHERE at BETWEEN $1 AND $2 ORDER BY at",
+        )
+        .bind(fault.started)
+        .bind(until)
+        .fetch_all(pool)
+        .await?;
+        let points = std::iter::once(fault.started)
+            .chain(moments)
+            .chain(std::iter::once(until));
+        let mut longest = 0.0f64;
+        let mut previous = None;
+        for point in points {
+            if let Some(previous) = previous {
+                let gap: chrono::TimeDelta = point - previous;
+                longest = longest.max(gap.as_seconds_f64());
+            }
+            previous = Some(point);
+        }
+        fault.paused_seconds = Some(longest);
+    }
+    Ok(())
+}
+
 fn fault_figures(injected: &[Injected]) -> Value {
     let mut kinds: BTreeMap<&str, Vec<&Injected>> = BTreeMap::new();
     for fault in injected {
@@ -630,12 +687,14 @@ fn fault_figures(injected: &[Injected]) -> Value {
         .into_iter()
         .map(|(kind, events)| {
             let seconds: Vec<f64> = events.iter().map(|e| e.seconds).collect();
+            let paused = events.iter().filter_map(|e| e.paused_seconds);
             (
                 kind.to_owned(),
                 json!({
                     "count": events.len(),
                     "seconds_total": seconds.iter().sum::<f64>(),
                     "seconds_max": seconds.iter().copied().fold(0.0, f64::max),
+                    "paused_seconds_max": paused.fold(0.0, f64::max),
                     "events": events,
                 }),
             )
@@ -770,11 +829,21 @@ fn print_report(report: &Value) {
     println!("  faults injected:");
     for (kind, figures) in report["faults"].as_object().into_iter().flatten() {
         println!(
-            "    {kind:<18} {:>3} × (total {:.1} s, longest {:.1} s)",
+            "    {kind:<18} {:>3} × (total {:.1} s, longest {:.1} s; pipeline paused at most {:.1} s)",
             figures["count"],
             f(&figures["seconds_total"]),
-            f(&figures["seconds_max"])
+            f(&figures["seconds_max"]),
+            f(&figures["paused_seconds_max"])
         );
+        for event in figures["events"].as_array().into_iter().flatten() {
+            if let Some(node) = event["node"].as_str() {
+                println!(
+                    "      at {:.0} s: node {node}, paused {:.1} s",
+                    f(&event["at"]),
+                    f(&event["paused_seconds"])
+                );
+            }
+        }
     }
     let apps = &report["applications"];
     println!(
@@ -819,9 +888,10 @@ mod tests {
         ChaosArgs {
             short,
             json: false,
-            rabbitmq_node: None,
+            rabbitmq_node: Vec::new(),
             pg_cluster: "15/main".into(),
             workers: 3,
+            spread: false,
             concurrency: 8,
             seed: None,
             kills: None,
@@ -855,6 +925,22 @@ mod tests {
             long.sequence
                 .contains(&Fault::SmsDown(Duration::from_secs(150)))
         );
+    }
+
+    #[test]
+    fn the_spread_layout_hosts_every_part_but_the_api_in_exactly_two_processes() {
+        for part in uidflow::system::Part::ALL {
+            let hosts = SPREAD
+                .iter()
+                .filter(|p| p.split(',').any(|n| n == part.as_str()))
+                .count();
+            let expected = if part == uidflow::system::Part::Api {
+                0
+            } else {
+                2
+            };
+            assert_eq!(hosts, expected, "{}", part.as_str());
+        }
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! restart, the SMS gateway down and the MVD answering 429, then accounts for every
 //! application. This test reads its JSON report.
 //!
-//! It restarts real services: by default the machine's RabbitMQ node (rabbitmqctl's default)
-//! and PostgreSQL cluster 15/main, which is fine in CI, where cargo runs one test binary at a
-//! time. To point it elsewhere (a private node and cluster while others use the main ones):
-//! `CHAOS_RABBITMQ_NODE`, `CHAOS_PG_CLUSTER` (e.g. `15/chaos`), and `CHAOS_AMQP_URL`,
-//! `CHAOS_DATABASE_URL` for the URLs they serve. Whatever it stopped is started again before
-//! the command returns; the test checks that both answer afterwards.
+//! It restarts real services. `deploy/dev test` (CI) points it at private ones that it
+//! started for this: a three-node RabbitMQ cluster (`CHAOS_RABBITMQ_NODE=uid1@localhost,…`,
+//! `CHAOS_AMQP_URL` listing the three nodes: each broker restart stops one node, first the one
+//! leading the most queues) and a PostgreSQL cluster of its own (`CHAOS_PG_CLUSTER`,
+//! `CHAOS_DATABASE_URL`), with `CHAOS_SPREAD=1`: the parts spread over five processes, each
+//! part in two. Without those variables it restarts the machine's RabbitMQ node and
+//! PostgreSQL 15/main. Whatever it stopped is started again before the command returns; the
+//! test checks that both answer afterwards.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -29,6 +31,9 @@ fn run_short_form() -> (Value, Duration, String) {
     }
     if let Ok(cluster) = std::env::var("CHAOS_PG_CLUSTER") {
         command.args(["--pg-cluster", &cluster]);
+    }
+    if std::env::var_os("CHAOS_SPREAD").is_some() {
+        command.arg("--spread");
     }
     for (from, to) in [
         ("CHAOS_AMQP_URL", "AMQP_URL"),
@@ -123,8 +128,20 @@ fn the_short_form_loses_nothing_doubles_nothing_and_restores_the_services() {
         "postgres_restart",
         "sms_down",
         "mvd_429",
+        "lose_messages",
     ] {
         assert!(count(kind) >= 1, "{kind}: {faults}");
+    }
+    assert!(
+        faults["lose_messages"]["events"][0]["requests"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "the broker lost messages: {faults}"
+    );
+    if std::env::var_os("CHAOS_SPREAD").is_some() {
+        let workers = report["settings"]["workers"].as_array().expect("workers");
+        assert_eq!(workers.len(), 5, "the parts spread over five processes");
     }
     assert!(faults["sms_down"]["seconds_total"].as_f64().unwrap() >= 5.0);
     let apps = &report["applications"];

@@ -707,6 +707,8 @@ mod tests {
             ended: at(seconds),
             requests: None,
             clean: None,
+            node: None,
+            paused_seconds: None,
         }
     }
 

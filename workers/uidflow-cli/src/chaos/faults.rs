@@ -128,6 +128,11 @@ pub struct Injected {
     pub requests: Option<u64>,
     /// For SIGTERM: exited 0 within the grace.
     pub clean: Option<bool>,
+    /// For a broker restart: the node stopped.
+    pub node: Option<String>,
+    /// The longest time, from the fault's start to 10 s after its end, in which no
+    /// application moved (no history row written): how long the pipeline paused.
+    pub paused_seconds: Option<f64>,
 }
 
 /// What the executor needs.
@@ -148,6 +153,12 @@ pub struct Injector {
     pub epoch: Instant,
     /// What happened.
     pub log: Arc<Mutex<Vec<Injected>>>,
+    /// The scratch vhost (whose queue leaders a cluster restart looks at).
+    pub vhost: String,
+    /// Broker restarts so far (a cluster alternates: busiest leader, any node).
+    pub broker_restarts: std::sync::atomic::AtomicUsize,
+    /// Picks "any node" (seeded).
+    pub rng: Mutex<StdRng>,
 }
 
 impl Injector {
@@ -264,6 +275,8 @@ impl Injector {
             ended: Utc::now(),
             requests: None,
             clean: None,
+            node: None,
+            paused_seconds: None,
         }
     }
 
@@ -288,20 +301,44 @@ impl Injector {
         }
     }
 
+    /// The node a broker restart stops: the only one; in a cluster, first the node that leads
+    /// the most queues, then any node (by the run's seed), alternately.
+    async fn pick_node(&self) -> anyhow::Result<String> {
+        let nodes = self.services.node_names();
+        if !self.services.is_cluster() {
+            return Ok(nodes[0].clone());
+        }
+        let turn = self
+            .broker_restarts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if turn % 2 == 0 {
+            let (services, vhost) = (self.services.clone(), self.vhost.clone());
+            return tokio::task::spawn_blocking(move || services.busiest_leader(&vhost)).await?;
+        }
+        let mut rng = self
+            .rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(nodes[rng.random_range(0..nodes.len())].clone())
+    }
+
     async fn restart_broker(&self, pause: Duration) -> anyhow::Result<()> {
+        let node = self.pick_node().await?;
         let (at, started) = (self.now(), Utc::now());
         eprintln!(
             "chaos: [{at:>6.1}s] rabbitmqctl stop_app ({})",
-            self.services.node_name()
+            services::display(&node)
         );
-        let services = self.services.clone();
-        tokio::task::spawn_blocking(move || services.stop_broker()).await??;
+        let (services, stopped) = (self.services.clone(), node.clone());
+        tokio::task::spawn_blocking(move || services.stop_broker(&stopped)).await??;
         // The length of the outage: a chosen window, not a wait for a condition.
         tokio::time::sleep(pause).await;
-        let services = self.services.clone();
-        tokio::task::spawn_blocking(move || services.start_broker()).await??;
+        let (services, started_again) = (self.services.clone(), node.clone());
+        tokio::task::spawn_blocking(move || services.start_broker(&started_again)).await??;
         services::wait_for_broker(&self.settings).await?;
-        self.record(self.injected("rabbitmq_restart", at, started));
+        let mut injected = self.injected("rabbitmq_restart", at, started);
+        injected.node = Some(node);
+        self.record(injected);
         Ok(())
     }
 

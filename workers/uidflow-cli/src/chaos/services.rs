@@ -22,26 +22,28 @@ use uuid::Uuid;
 /// How long a restarted service may take to answer again before the run fails.
 pub const BACK_DEADLINE: Duration = Duration::from_secs(120);
 
-/// The RabbitMQ node and PostgreSQL cluster under test.
+/// The RabbitMQ node(s) and PostgreSQL cluster under test.
 #[derive(Debug, Clone)]
 pub struct Services {
-    /// `rabbitmqctl -n <node>`; `None`: rabbitmqctl's default node.
-    pub node: Option<String>,
+    /// `rabbitmqctl -n <node>` of each node (a cluster's: several); empty: rabbitmqctl's
+    /// default node.
+    pub nodes: Vec<String>,
     /// PostgreSQL major version, e.g. `15`.
     pub pg_version: String,
     /// PostgreSQL cluster name, e.g. `main`.
     pub pg_cluster: String,
-    /// Set while the broker's application is stopped by us.
-    broker_down: Arc<AtomicBool>,
+    /// The nodes whose application is stopped by us (`""`: the default node).
+    broker_down: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
     /// Set while the database cluster is stopped by us.
     database_down: Arc<AtomicBool>,
 }
 
 impl Services {
-    /// Parses `--pg-cluster VERSION/NAME` and checks that the node serves the port of
-    /// `AMQP_URL` and the cluster the port of `DATABASE_URL`.
+    /// Parses `--pg-cluster VERSION/NAME` and checks that each node serves a port of
+    /// `AMQP_URL` (and each port of `AMQP_URL` is served by a node), and the cluster the port
+    /// of `DATABASE_URL`.
     pub fn check(
-        node: Option<String>,
+        nodes: Vec<String>,
         pg_cluster: &str,
         settings: &Settings,
     ) -> anyhow::Result<Self> {
@@ -49,29 +51,39 @@ impl Services {
             bail!("--pg-cluster {pg_cluster:?} is not VERSION/NAME, e.g. 15/main");
         };
         let services = Self {
-            node,
+            nodes,
             pg_version: version.to_owned(),
             pg_cluster: cluster.to_owned(),
-            broker_down: Arc::new(AtomicBool::new(false)),
+            broker_down: Arc::default(),
             database_down: Arc::new(AtomicBool::new(false)),
         };
-        let amqp = url::Url::parse(settings.amqp_url.expose_secret())?;
-        let amqp_port = amqp.port().unwrap_or(5672);
-        let status = services.rabbitmqctl(&["status", "--formatter", "json"])?;
-        let status: Value = serde_json::from_str(&status)
-            .context("rabbitmqctl status --formatter json did not print JSON")?;
-        let ports: Vec<u64> = status["listeners"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|l| l["protocol"] == "amqp")
-            .filter_map(|l| l["port"].as_u64())
-            .collect();
+        let mut wanted = std::collections::BTreeSet::new();
+        for node in settings.amqp_nodes() {
+            wanted.insert(u64::from(url::Url::parse(&node)?.port().unwrap_or(5672)));
+        }
+        let mut served = std::collections::BTreeSet::new();
+        for node in services.node_names() {
+            let status = services.rabbitmqctl_on(&node, &["status", "--formatter", "json"])?;
+            let status: Value = serde_json::from_str(&status)
+                .context("rabbitmqctl status --formatter json did not print JSON")?;
+            let ports: Vec<u64> = status["listeners"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|l| l["protocol"] == "amqp")
+                .filter_map(|l| l["port"].as_u64())
+                .collect();
+            ensure!(
+                ports.iter().any(|p| wanted.contains(p)),
+                "the RabbitMQ node {} listens for AMQP on {ports:?}, but AMQP_URL uses ports {wanted:?}; \
+                 point --rabbitmq-node and AMQP_URL at the same broker",
+                display(&node)
+            );
+            served.extend(ports);
+        }
         ensure!(
-            ports.contains(&u64::from(amqp_port)),
-            "the RabbitMQ node {} listens for AMQP on {ports:?}, but AMQP_URL uses port {amqp_port}; \
-             point --rabbitmq-node and AMQP_URL at the same broker",
-            services.node_name()
+            wanted.is_subset(&served),
+            "AMQP_URL uses ports {wanted:?}, but the nodes under test serve {served:?}; name every node with --rabbitmq-node"
         );
         let database = url::Url::parse(settings.database_url.expose_secret())?;
         let db_port = database.port().unwrap_or(5432);
@@ -90,21 +102,82 @@ impl Services {
         Ok(services)
     }
 
-    /// The node's name for messages.
-    pub fn node_name(&self) -> &str {
-        self.node
-            .as_deref()
-            .unwrap_or("(rabbitmqctl's default node)")
+    /// The nodes' names for messages.
+    pub fn node_name(&self) -> String {
+        self.node_names()
+            .iter()
+            .map(|n| display(n).to_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The nodes under test (`""`: rabbitmqctl's default node).
+    pub fn node_names(&self) -> Vec<String> {
+        if self.nodes.is_empty() {
+            vec![String::new()]
+        } else {
+            self.nodes.clone()
+        }
+    }
+
+    /// True with more than one node (a cluster).
+    pub fn is_cluster(&self) -> bool {
+        self.nodes.len() > 1
+    }
+
+    /// Runs `rabbitmqctl args…` on a node that is not stopped by us, and returns its standard
+    /// output.
+    pub fn rabbitmqctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let down = self.nodes_down();
+        let node = self
+            .node_names()
+            .into_iter()
+            .find(|n| !down.contains(n))
+            .unwrap_or_default();
+        self.rabbitmqctl_on(&node, args)
     }
 
     /// Runs `rabbitmqctl [-n node] args…` and returns its standard output.
-    pub fn rabbitmqctl(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub fn rabbitmqctl_on(&self, node: &str, args: &[&str]) -> anyhow::Result<String> {
         let mut all: Vec<&str> = Vec::new();
-        if let Some(node) = &self.node {
-            all.extend(["-n", node.as_str()]);
+        if !node.is_empty() {
+            all.extend(["-n", node]);
         }
         all.extend(args);
         run("rabbitmqctl", &all)
+    }
+
+    fn nodes_down(&self) -> std::collections::BTreeSet<String> {
+        self.broker_down
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The node that leads the most quorum queues of `vhost` (a cluster's busiest).
+    pub fn busiest_leader(&self, vhost: &str) -> anyhow::Result<String> {
+        let output = self.rabbitmqctl(&[
+            "list_queues",
+            "-p",
+            vhost,
+            "name",
+            "leader",
+            "--formatter",
+            "json",
+        ])?;
+        let rows: Vec<Value> = serde_json::from_str(output.trim()).with_context(|| {
+            format!("rabbitmqctl list_queues printed no JSON array: {output:?}")
+        })?;
+        let mut led: HashMap<String, usize> = HashMap::new();
+        for row in &rows {
+            if let Some(leader) = row["leader"].as_str() {
+                *led.entry(leader.to_owned()).or_default() += 1;
+            }
+        }
+        led.into_iter()
+            .max_by_key(|(node, n)| (*n, node.clone()))
+            .map(|(node, _)| node)
+            .context("no queue has a leader")
     }
 
     fn pg_ctlcluster(&self, action: &str) -> anyhow::Result<()> {
@@ -120,16 +193,24 @@ impl Services {
         run("pg_ctlcluster", &args).map(drop)
     }
 
-    /// `rabbitmqctl stop_app`: the node stays up, the broker stops (every connection closed).
-    pub fn stop_broker(&self) -> anyhow::Result<()> {
-        self.broker_down.store(true, Ordering::SeqCst);
-        self.rabbitmqctl(&["stop_app"]).map(drop)
+    /// `rabbitmqctl -n node stop_app`: the node stays up, its broker stops (every connection
+    /// to it closed).
+    pub fn stop_broker(&self, node: &str) -> anyhow::Result<()> {
+        self.broker_down
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(node.to_owned());
+        self.rabbitmqctl_on(node, &["stop_app"]).map(drop)
     }
 
-    /// `rabbitmqctl start_app`.
-    pub fn start_broker(&self) -> anyhow::Result<()> {
-        self.rabbitmqctl(&["start_app"])?;
-        self.broker_down.store(false, Ordering::SeqCst);
+    /// `rabbitmqctl -n node start_app`, then `await_startup`.
+    pub fn start_broker(&self, node: &str) -> anyhow::Result<()> {
+        self.rabbitmqctl_on(node, &["start_app"])?;
+        self.rabbitmqctl_on(node, &["await_startup"])?;
+        self.broker_down
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(node);
         Ok(())
     }
 
@@ -148,9 +229,9 @@ impl Services {
 
     /// Starts whatever we stopped and did not start again (idempotent; errors are printed).
     pub fn restore(&self) {
-        if self.broker_down.load(Ordering::SeqCst) {
-            match self.start_broker() {
-                Ok(()) => eprintln!("chaos: restored RabbitMQ ({})", self.node_name()),
+        for node in self.nodes_down() {
+            match self.start_broker(&node) {
+                Ok(()) => eprintln!("chaos: restored RabbitMQ ({})", display(&node)),
                 Err(error) => eprintln!("chaos: could not restart RabbitMQ: {error:#}"),
             }
         }
@@ -183,6 +264,15 @@ impl Services {
             "json",
         ])?;
         parse_queue_depths(&output)
+    }
+}
+
+/// A node's name for messages (`""`: the default node).
+pub fn display(node: &str) -> &str {
+    if node.is_empty() {
+        "(rabbitmqctl's default node)"
+    } else {
+        node
     }
 }
 
@@ -315,19 +405,29 @@ impl Scratch {
         let suffix = Uuid::new_v4().simple().to_string();
         let vhost = format!("uidflow-{purpose}-{suffix}");
         let database = format!("uidflow_{purpose}_{suffix}");
-        let mut amqp = url::Url::parse(base.amqp_url.expose_secret())?;
-        let user = match amqp.username() {
-            "" => "guest".to_owned(),
-            user => user.to_owned(),
+        // Every node of AMQP_URL, now naming the scratch vhost.
+        let mut nodes = Vec::new();
+        for node in base.amqp_nodes() {
+            let mut url = url::Url::parse(&node)?;
+            url.set_path(&format!("/{vhost}"));
+            nodes.push(url);
+        }
+        let user = match nodes.first().map(url::Url::username) {
+            None | Some("") => "guest".to_owned(),
+            Some(user) => user.to_owned(),
         };
         rabbitmqctl(&["add_vhost", &vhost])?;
         rabbitmqctl(&["set_permissions", "-p", &vhost, &user, ".*", ".*", ".*"])?;
-        amqp.set_path(&format!("/{vhost}"));
+        let amqp = nodes
+            .iter()
+            .map(url::Url::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         let mut db = url::Url::parse(base.database_url.expose_secret())?;
         db.set_path(&format!("/{database}"));
         let vars: HashMap<String, String> = std::env::vars()
             .chain([
-                ("AMQP_URL".to_owned(), amqp.to_string()),
+                ("AMQP_URL".to_owned(), amqp.clone()),
                 ("DATABASE_URL".to_owned(), db.to_string()),
                 ("API_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
             ])
@@ -338,7 +438,7 @@ impl Scratch {
             settings,
             vhost,
             database,
-            amqp_url: amqp.to_string(),
+            amqp_url: amqp,
             database_url: db.to_string(),
         })
     }
