@@ -311,7 +311,7 @@ impl Injector {
         let turn = self
             .broker_restarts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if turn % 2 == 0 {
+        if turn.is_multiple_of(2) {
             let (services, vhost) = (self.services.clone(), self.vhost.clone());
             return tokio::task::spawn_blocking(move || services.busiest_leader(&vhost)).await?;
         }
