@@ -9,6 +9,7 @@
 //! What the API sends to the broker (a typed-back code, a replay) goes through the outbox.
 
 pub mod auth;
+pub mod console;
 pub mod sampler;
 
 use std::collections::HashMap;
@@ -144,6 +145,8 @@ pub struct ApiState {
     /// Queue depths for `/metrics` and `/v1/queues`.
     sampler: Arc<sampler::QueueSampler>,
     limits: Limits,
+    /// The console's sign-in sessions.
+    console: Arc<console::Sessions>,
 }
 
 impl ApiState {
@@ -160,6 +163,7 @@ impl ApiState {
             prometheus: telemetry::prometheus(),
             last_sample: Arc::new(Mutex::new(None)),
             limits: Limits::default(),
+            console: Arc::new(console::Sessions::default()),
         }
     }
 
@@ -220,6 +224,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .merge(console::router())
         // Route layers run after routing: innermost the timeout, then the route's template
         // handed out to `observe` (outside the router, where it would not be known yet).
         .route_layer(middleware::from_fn_with_state(
@@ -292,7 +297,8 @@ async fn json_errors(request: Request, next: Next) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        // The console's pages answer errors in HTML of their own.
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
@@ -482,6 +488,7 @@ async fn list_applications(
             Role::Operator => None,
             Role::Clerk => caller.issuing_service.clone(),
         },
+        ..ListFilter::default()
     };
     let mut conn = state.pool.acquire().await?;
     let (items, next) = applications::list(&mut conn, &filter, limit_of(&query)?, after).await?;
@@ -508,7 +515,23 @@ async fn confirm_phone(
         .and_then(Value::as_str)
         .filter(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()))
         .ok_or_else(|| ApiError::BadRequest("code must be a string of 6 digits".into()))?;
-    let mut tx = state.pool.begin().await?;
+    send_confirmation(&state.pool, &caller, id, code).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"application_id": id, "status": "accepted"})),
+    )
+        .into_response())
+}
+
+/// Sends a typed-back code of `caller` (a clerk who sees the application) for application `id`:
+/// the AMQP message of CONTRACT §2.2, through the outbox. Used by the API and the console.
+pub(crate) async fn send_confirmation(
+    pool: &PgPool,
+    caller: &Caller,
+    id: Uuid,
+    code: &str,
+) -> Result<(), ApiError> {
+    let mut tx = pool.begin().await?;
     let service: Option<Option<String>> =
         sqlx::query_scalar("SELECT issuing_service FROM applications WHERE application_id = $1")
             .bind(id)
@@ -532,12 +555,8 @@ async fn confirm_phone(
         expiration_ms: None,
     };
     crate::outbox::enqueue(&mut tx, &message).await?;
-    crate::outbox::commit(tx, &state.pool).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"application_id": id, "status": "accepted"})),
-    )
-        .into_response())
+    crate::outbox::commit(tx, pool).await?;
+    Ok(())
 }
 
 async fn queues(State(state): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
