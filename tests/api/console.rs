@@ -279,3 +279,93 @@ async fn a_bulk_action_applies_to_the_previewed_set_and_each_enters_the_audit() 
     );
     app.stop().await;
 }
+
+/// The same bulk action over the HTTP API (what `uidflow dead-letters replay|discard` with
+/// filters uses): a preview, a refusal without its `through_id`, then the action; the list
+/// takes the same filters. Each answer matches the OpenAPI document.
+#[tokio::test]
+async fn the_api_previews_then_applies_a_bulk_discard_and_lists_by_filter() {
+    use serde_json::json;
+    let app = TestApp::spawn().await;
+    let openapi = crate::common::openapi::OpenApi::load();
+    for n in 0..2 {
+        app.publish("application", format!("not json {n}").as_bytes(), None)
+            .await;
+    }
+    app.wait_for_dead_letters(2).await;
+    let path = "/v1/dead-letters/bulk";
+    let listed = app
+        .call(
+            "GET",
+            "/v1/dead-letters?kind=malformed&step=intake&error=NOT%20JSON",
+            Some("operator"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        listed.json["items"].as_array().unwrap().len(),
+        2,
+        "{}",
+        listed.text
+    );
+    let none = app
+        .call(
+            "GET",
+            "/v1/dead-letters?step=register",
+            Some("operator"),
+            None,
+        )
+        .await;
+    assert_eq!(none.json["items"].as_array().unwrap().len(), 0);
+    let clerk = app
+        .call(
+            "POST",
+            path,
+            Some("clerk-minsk-sov-oa"),
+            Some(json!({"action": "discard", "preview": true})),
+        )
+        .await;
+    assert_eq!(clerk.status, 403);
+    let preview = app
+        .call(
+            "POST",
+            path,
+            Some("operator"),
+            Some(json!({"action": "discard", "preview": true, "kind": "malformed"})),
+        )
+        .await;
+    assert_eq!(preview.status, 200, "{}", preview.text);
+    openapi
+        .check_json("POST", path, 200, &preview.json)
+        .unwrap();
+    assert_eq!(preview.json["count"], 2);
+    let through = preview.json["through_id"].as_i64().unwrap();
+    let refused = app
+        .call(
+            "POST",
+            path,
+            Some("operator"),
+            Some(json!({"action": "discard", "kind": "malformed", "reason": "junk"})),
+        )
+        .await;
+    assert_eq!(refused.status, 400, "a bulk action needs its preview");
+    openapi
+        .check_json("POST", path, 400, &refused.json)
+        .unwrap();
+    let done = app
+        .call(
+            "POST",
+            path,
+            Some("operator"),
+            Some(json!({"action": "discard", "kind": "malformed", "reason": "junk", "through_id": through})),
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.text);
+    openapi.check_json("POST", path, 200, &done.json).unwrap();
+    assert_eq!(done.json["done"].as_array().unwrap().len(), 2);
+    let left = app
+        .call("GET", "/v1/dead-letters", Some("operator"), None)
+        .await;
+    assert_eq!(left.json["items"].as_array().unwrap().len(), 0);
+    app.stop().await;
+}

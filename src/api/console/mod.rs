@@ -226,7 +226,8 @@ fn render(status: StatusCode, name: &str, me: Option<&Me>, ctx: Tv) -> Response 
 pub struct PageError {
     status: StatusCode,
     message: String,
-    me: Option<Me>,
+    /// Boxed: an error stays small on its way up.
+    me: Option<Box<Me>>,
 }
 
 impl PageError {
@@ -243,7 +244,7 @@ impl PageError {
     }
 
     fn for_me(mut self, me: &Me) -> Self {
-        self.me = Some(me.clone());
+        self.me = Some(Box::new(me.clone()));
         self
     }
 }
@@ -287,7 +288,7 @@ impl IntoResponse for PageError {
         render(
             self.status,
             "error.html",
-            self.me.as_ref(),
+            self.me.as_deref(),
             context! { status => self.status.as_u16(), message => self.message },
         )
     }
