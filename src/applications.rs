@@ -405,6 +405,10 @@ pub struct ListFilter {
     pub kind: Option<Kind>,
     /// Only this issuing service (a clerk's scope).
     pub issuing_service: Option<String>,
+    /// Created at or after.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_to: Option<DateTime<Utc>>,
 }
 
 /// A position in the newest-first order: the last row of the previous page.
@@ -430,6 +434,8 @@ pub async fn list(
          WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2)
            AND ($3::text IS NULL OR issuing_service = $3)
            AND ($4::timestamptz IS NULL OR (created_at, application_id) < ($4, $5))
+           AND ($7::timestamptz IS NULL OR created_at >= $7)
+           AND ($8::timestamptz IS NULL OR created_at < $8)
          ORDER BY created_at DESC, application_id DESC LIMIT $6"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -439,6 +445,8 @@ pub async fn list(
         .bind(after.map(|p| p.created_at))
         .bind(after.map(|p| p.application_id))
         .bind(limit + 1)
+        .bind(filter.created_from)
+        .bind(filter.created_to)
         .fetch_all(&mut *conn)
         .await?;
     let more = rows.len() as i64 > limit;

@@ -989,3 +989,302 @@ async fn mark(
         .await?;
     Ok(summary_of(&row))
 }
+
+/// Which dead letters: every field narrows the set; `None` leaves it open. Used by the API,
+/// the console and the CLI alike, for listing and for bulk replay or discard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Filter {
+    /// `parked`, `replayed` or `discarded` (`None`: all).
+    pub state: Option<String>,
+    /// `x-uid-error-kind` (`exhausted`, `malformed`, …).
+    pub kind: Option<String>,
+    /// Where it failed (`verify-identity`, `intake`, …).
+    pub step: Option<String>,
+    /// Text the error contains (case-insensitive).
+    pub error: Option<String>,
+    /// The issuing service of its application.
+    pub issuing_service: Option<String>,
+    /// Parked at or after.
+    pub parked_from: Option<DateTime<Utc>>,
+    /// Parked before.
+    pub parked_to: Option<DateTime<Utc>>,
+    /// Only ids at or below this one (a bulk action applies to what its preview saw).
+    pub through_id: Option<i64>,
+}
+
+/// The `WHERE` of [`Filter`], over `dead_letters d LEFT JOIN applications a`, with its
+/// parameters from `$1` to `$8` in the order of [`bind_filter`].
+const FILTER_WHERE: &str = "($1::text IS NULL OR d.state = $1)
+    AND ($2::text IS NULL OR d.error_kind = $2)
+    AND ($3::text IS NULL OR d.step = $3)
+    AND ($4::text IS NULL OR strpos(lower(d.error), lower($4)) > 0)
+    AND ($5::text IS NULL OR a.issuing_service = $5)
+    AND ($6::timestamptz IS NULL OR d.parked_at >= $6)
+    AND ($7::timestamptz IS NULL OR d.parked_at < $7)
+    AND ($8::bigint IS NULL OR d.id <= $8)";
+
+fn bind_filter<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    filter: &'q Filter,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(filter.state.as_deref())
+        .bind(filter.kind.as_deref())
+        .bind(filter.step.as_deref())
+        .bind(filter.error.as_deref().filter(|e| !e.is_empty()))
+        .bind(filter.issuing_service.as_deref())
+        .bind(filter.parked_from)
+        .bind(filter.parked_to)
+        .bind(filter.through_id)
+}
+
+fn prefixed_summary_columns() -> String {
+    SUMMARY_COLUMNS
+        .split(',')
+        .map(|c| format!("d.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One page of the dead letters `filter` selects, newest first, with ids below `before`.
+pub async fn list_filtered(
+    pool: &PgPool,
+    filter: &Filter,
+    limit: i64,
+    before: Option<i64>,
+) -> sqlx::Result<(Vec<DeadLetterSummary>, Option<i64>)> {
+    let sql = format!(
+        "SELECT {} FROM dead_letters d LEFT JOIN applications a ON a.application_id = d.application_id
+         WHERE {FILTER_WHERE} AND ($9::bigint IS NULL OR d.id < $9)
+         ORDER BY d.id DESC LIMIT $10",
+        prefixed_summary_columns()
+    );
+    let rows = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
+        .bind(before)
+        .bind(limit + 1)
+        .fetch_all(pool)
+        .await?;
+    let more = rows.len() as i64 > limit;
+    let page: Vec<DeadLetterSummary> = rows.iter().take(limit as usize).map(summary_of).collect();
+    let next = if more {
+        page.last().map(|d| d.id)
+    } else {
+        None
+    };
+    Ok((page, next))
+}
+
+/// Replay or discard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BulkAction {
+    /// [`replay`] each.
+    Replay,
+    /// [`discard`] each.
+    Discard,
+}
+
+impl BulkAction {
+    /// `replay` or `discard`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BulkAction::Replay => "replay",
+            BulkAction::Discard => "discard",
+        }
+    }
+
+    /// Parses `replay` or `discard`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "replay" => Some(BulkAction::Replay),
+            "discard" => Some(BulkAction::Discard),
+            _ => None,
+        }
+    }
+}
+
+/// The most dead letters one bulk action handles; a larger set is done in several.
+pub const BULK_MAX: i64 = 10_000;
+
+/// What a bulk action would do: how many parked dead letters the filter selects (and of them
+/// how many a replay can put back), the first few, and the highest id, which the action is
+/// then given so that letters parked after the preview are left alone.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BulkPreview {
+    /// The action previewed.
+    pub action: BulkAction,
+    /// Parked dead letters selected.
+    pub count: i64,
+    /// Of them, how many the action applies to (a replay skips what cannot be replayed).
+    pub applicable: i64,
+    /// The newest ones, at most `shown`.
+    pub items: Vec<DeadLetterSummary>,
+    /// The highest id selected (`None` if nothing is).
+    pub through_id: Option<i64>,
+    /// The filter, with `state` parked and `through_id` set: give it to [`bulk_apply`].
+    pub filter: Filter,
+}
+
+/// Previews `action` on the parked dead letters `filter` selects, showing up to `shown`.
+pub async fn bulk_preview(
+    pool: &PgPool,
+    filter: &Filter,
+    action: BulkAction,
+    shown: i64,
+) -> sqlx::Result<BulkPreview> {
+    use sqlx::Row;
+    let mut filter = Filter {
+        state: Some("parked".into()),
+        ..filter.clone()
+    };
+    let sql = format!(
+        "SELECT count(*) AS n, max(d.id) AS through_id,
+                count(*) FILTER (WHERE d.error_kind IN ('permanent', 'exhausted')
+                    AND (d.step IN ('intake', 'phone-confirmation')
+                         OR (d.step = ANY($9) AND d.application_id IS NOT NULL))) AS replayable
+         FROM dead_letters d LEFT JOIN applications a ON a.application_id = d.application_id
+         WHERE {FILTER_WHERE}"
+    );
+    let steps: Vec<&str> = crate::topology::STEPS.to_vec();
+    let row = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), &filter)
+        .bind(&steps)
+        .fetch_one(pool)
+        .await?;
+    let count: i64 = row.get("n");
+    let through_id: Option<i64> = row.get("through_id");
+    let replayable: i64 = row.get("replayable");
+    filter.through_id = through_id.or(Some(0));
+    let (items, _) = list_filtered(pool, &filter, shown.max(1), None).await?;
+    Ok(BulkPreview {
+        action,
+        count,
+        applicable: match action {
+            BulkAction::Replay => replayable,
+            BulkAction::Discard => count,
+        },
+        items,
+        through_id,
+        filter,
+    })
+}
+
+/// What a bulk action did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct BulkOutcome {
+    /// Ids replayed or discarded.
+    pub done: Vec<i64>,
+    /// Ids left as they were, each with why (not replayable, no longer parked).
+    pub skipped: Vec<(i64, String)>,
+}
+
+/// Applies `action` to the parked dead letters `filter` selects (at most [`BULK_MAX`]), oldest
+/// first, each exactly as a single [`replay`] or [`discard`] by `who` with the one reason
+/// `why`: each in its own transaction, each recorded in its dead letter and its application's
+/// history. A letter another operator handled meanwhile, or one a replay cannot put back, is
+/// skipped and said so. Give the `filter` of a [`bulk_preview`] (it bounds the ids).
+pub async fn bulk_apply(
+    pool: &PgPool,
+    filter: &Filter,
+    action: BulkAction,
+    who: &str,
+    why: &str,
+) -> Result<BulkOutcome, ActionError> {
+    let filter = Filter {
+        state: Some("parked".into()),
+        ..filter.clone()
+    };
+    let sql = format!(
+        "SELECT d.id FROM dead_letters d LEFT JOIN applications a ON a.application_id = d.application_id
+         WHERE {FILTER_WHERE} ORDER BY d.id LIMIT $9"
+    );
+    let ids: Vec<i64> = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), &filter)
+        .bind(BULK_MAX)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|row| sqlx::Row::get(row, 0))
+        .collect();
+    let mut outcome = BulkOutcome::default();
+    for id in ids {
+        let result = match action {
+            BulkAction::Replay => replay(pool, id, who, why).await,
+            BulkAction::Discard => discard(pool, id, who, why).await,
+        };
+        match result {
+            Ok(_) => outcome.done.push(id),
+            Err(ActionError::Database(e)) => return Err(ActionError::Database(e)),
+            Err(other) => outcome.skipped.push((id, other.to_string())),
+        }
+    }
+    tracing::info!(
+        action = action.as_str(),
+        by = who,
+        done = outcome.done.len(),
+        skipped = outcome.skipped.len(),
+        "bulk dead-letter action"
+    );
+    Ok(outcome)
+}
+
+/// One operator action on a dead letter, for the audit (who, when, what, why).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AuditEntry {
+    /// The dead letter.
+    pub dead_letter_id: i64,
+    /// Its application, when known.
+    pub application_id: Option<Uuid>,
+    /// Where it had failed.
+    pub step: String,
+    /// `replayed` or `discarded`.
+    pub action: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who (the token's name).
+    pub by: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Operator actions, newest first, before `before` (a position from the previous page).
+pub async fn audit(
+    pool: &PgPool,
+    limit: i64,
+    before: Option<(DateTime<Utc>, i64)>,
+) -> sqlx::Result<(Vec<AuditEntry>, Option<(DateTime<Utc>, i64)>)> {
+    use sqlx::Row;
+    let rows = sqlx::query(
+        "SELECT id, application_id, step, state, state_changed_at, state_changed_by, state_reason
+         FROM dead_letters WHERE state <> 'parked' AND state_changed_at IS NOT NULL
+           AND ($1::timestamptz IS NULL OR (state_changed_at, id) < ($1, $2))
+         ORDER BY state_changed_at DESC, id DESC LIMIT $3",
+    )
+    .bind(before.map(|b| b.0))
+    .bind(before.map(|b| b.1))
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    let more = rows.len() as i64 > limit;
+    let page: Vec<AuditEntry> = rows
+        .iter()
+        .take(limit as usize)
+        .map(|row| AuditEntry {
+            dead_letter_id: row.get("id"),
+            application_id: row.get("application_id"),
+            step: row.get("step"),
+            action: row.get("state"),
+            at: row.get("state_changed_at"),
+            by: row
+                .get::<Option<String>, _>("state_changed_by")
+                .unwrap_or_default(),
+            reason: row
+                .get::<Option<String>, _>("state_reason")
+                .unwrap_or_default(),
+        })
+        .collect();
+    let next = if more {
+        page.last().map(|e| (e.at, e.dead_letter_id))
+    } else {
+        None
+    };
+    Ok((page, next))
+}

@@ -9,6 +9,7 @@
 //! What the API sends to the broker (a typed-back code, a replay) goes through the outbox.
 
 pub mod auth;
+pub mod console;
 pub mod sampler;
 
 use std::collections::HashMap;
@@ -144,6 +145,8 @@ pub struct ApiState {
     /// Queue depths for `/metrics` and `/v1/queues`.
     sampler: Arc<sampler::QueueSampler>,
     limits: Limits,
+    /// The console's sign-in sessions.
+    console: Arc<console::Sessions>,
 }
 
 impl ApiState {
@@ -160,6 +163,7 @@ impl ApiState {
             prometheus: telemetry::prometheus(),
             last_sample: Arc::new(Mutex::new(None)),
             limits: Limits::default(),
+            console: Arc::new(console::Sessions::default()),
         }
     }
 
@@ -212,6 +216,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/queues", get(queues))
         .route("/v1/dead-letters", get(list_dead_letters))
+        .route("/v1/dead-letters/bulk", post(bulk_dead_letters))
         .route(
             "/v1/dead-letters/{id}",
             get(get_dead_letter).delete(discard_dead_letter),
@@ -220,6 +225,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .merge(console::router())
         // Route layers run after routing: innermost the timeout, then the route's template
         // handed out to `observe` (outside the router, where it would not be known yet).
         .route_layer(middleware::from_fn_with_state(
@@ -292,7 +298,8 @@ async fn json_errors(request: Request, next: Next) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        // The console's pages answer errors in HTML of their own.
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
@@ -482,6 +489,7 @@ async fn list_applications(
             Role::Operator => None,
             Role::Clerk => caller.issuing_service.clone(),
         },
+        ..ListFilter::default()
     };
     let mut conn = state.pool.acquire().await?;
     let (items, next) = applications::list(&mut conn, &filter, limit_of(&query)?, after).await?;
@@ -508,7 +516,23 @@ async fn confirm_phone(
         .and_then(Value::as_str)
         .filter(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()))
         .ok_or_else(|| ApiError::BadRequest("code must be a string of 6 digits".into()))?;
-    let mut tx = state.pool.begin().await?;
+    send_confirmation(&state.pool, &caller, id, code).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"application_id": id, "status": "accepted"})),
+    )
+        .into_response())
+}
+
+/// Sends a typed-back code of `caller` (a clerk who sees the application) for application `id`:
+/// the AMQP message of CONTRACT §2.2, through the outbox. Used by the API and the console.
+pub(crate) async fn send_confirmation(
+    pool: &PgPool,
+    caller: &Caller,
+    id: Uuid,
+    code: &str,
+) -> Result<(), ApiError> {
+    let mut tx = pool.begin().await?;
     let service: Option<Option<String>> =
         sqlx::query_scalar("SELECT issuing_service FROM applications WHERE application_id = $1")
             .bind(id)
@@ -532,12 +556,8 @@ async fn confirm_phone(
         expiration_ms: None,
     };
     crate::outbox::enqueue(&mut tx, &message).await?;
-    crate::outbox::commit(tx, &state.pool).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"application_id": id, "status": "accepted"})),
-    )
-        .into_response())
+    crate::outbox::commit(tx, pool).await?;
+    Ok(())
 }
 
 async fn queues(State(state): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
@@ -582,23 +602,71 @@ async fn queues(State(state): State<ApiState>, caller: Caller) -> Result<Respons
     Ok(Json(json!({"queues": list, "sampled_at": chrono::Utc::now()})).into_response())
 }
 
-async fn list_dead_letters(
-    State(state): State<ApiState>,
-    caller: Caller,
-    Query(query): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    operator(&caller)?;
-    unknown_parameters(&query, &["limit", "cursor", "state"])?;
-    let state_filter = match query.get("state").map(String::as_str) {
-        None | Some("parked") => Some("parked"),
+/// The filter fields of `GET /v1/dead-letters` and of a bulk action, from their text.
+fn dead_letter_filter(
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<dead_letters::Filter, ApiError> {
+    let state = match get("state").as_deref() {
+        None | Some("parked") => Some("parked".to_owned()),
         Some("all") => None,
-        Some(s @ ("replayed" | "discarded")) => Some(s),
+        Some(s @ ("replayed" | "discarded")) => Some(s.to_owned()),
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
                 "unknown state {other:?}; use parked, replayed, discarded or all"
             )));
         }
     };
+    let time = |key: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+        match get(key) {
+            None => Ok(None),
+            Some(text) => chrono::DateTime::parse_from_rfc3339(&text)
+                .map(|t| Some(t.to_utc()))
+                .map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "{key} {text:?} is not a date-time (RFC 3339, e.g. 2026-12-02T08:00:00Z)"
+                    ))
+                }),
+        }
+    };
+    let kind = get("kind");
+    if let Some(kind) = &kind
+        && ![
+            "malformed",
+            "invalid",
+            "conflict",
+            "permanent",
+            "exhausted",
+            "out_of_order",
+        ]
+        .contains(&kind.as_str())
+    {
+        return Err(ApiError::BadRequest(format!("unknown kind {kind:?}")));
+    }
+    Ok(dead_letters::Filter {
+        state,
+        kind,
+        step: get("step"),
+        error: get("error"),
+        issuing_service: get("service"),
+        parked_from: time("from")?,
+        parked_to: time("to")?,
+        through_id: None,
+    })
+}
+
+async fn list_dead_letters(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    operator(&caller)?;
+    unknown_parameters(
+        &query,
+        &[
+            "limit", "cursor", "state", "kind", "step", "error", "service", "from", "to",
+        ],
+    )?;
+    let filter = dead_letter_filter(|key| query.get(key).cloned())?;
     let before =
         match query.get("cursor") {
             Some(text) => Some(decode_cursor(text)?["before"].as_i64().ok_or_else(|| {
@@ -607,9 +675,105 @@ async fn list_dead_letters(
             None => None,
         };
     let (items, next) =
-        dead_letters::list(&state.pool, state_filter, limit_of(&query)?, before).await?;
+        dead_letters::list_filtered(&state.pool, &filter, limit_of(&query)?, before).await?;
     let next_cursor = next.map(|id| encode_cursor(&json!({"before": id})));
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})).into_response())
+}
+
+/// `POST /v1/dead-letters/bulk`: with `"preview": true`, how many and which parked dead letters
+/// the filter selects (and the `through_id` to apply with); without, applies `action` with one
+/// `reason` to those up to `through_id`, each as a single replay or discard would.
+async fn bulk_dead_letters(
+    State(state): State<ApiState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    operator(&caller)?;
+    let request: Value = serde_json::from_slice(&body)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| ApiError::BadRequest("the body must be a JSON object".into()))?;
+    let known = [
+        "action",
+        "preview",
+        "reason",
+        "through_id",
+        "kind",
+        "step",
+        "error",
+        "service",
+        "from",
+        "to",
+    ];
+    if let Some(key) = request
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !known.contains(&k.as_str())))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "unknown field {key:?}; known: {}",
+            known.join(", ")
+        )));
+    }
+    let text = |key: &str| -> Result<Option<String>, ApiError> {
+        match request.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= 200 => {
+                Ok(Some(s.trim().to_owned()))
+            }
+            Some(_) => Err(ApiError::BadRequest(format!(
+                "{key} must be a non-empty string of at most 200 characters"
+            ))),
+        }
+    };
+    let action = text("action")?
+        .as_deref()
+        .and_then(dead_letters::BulkAction::parse)
+        .ok_or_else(|| ApiError::BadRequest("action must be \"replay\" or \"discard\"".into()))?;
+    let mut fields = HashMap::new();
+    for key in ["kind", "step", "error", "service", "from", "to"] {
+        if let Some(value) = text(key)? {
+            fields.insert(key, value);
+        }
+    }
+    let mut filter = dead_letter_filter(|key| fields.get(key).cloned())?;
+    let preview = match request.get("preview") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::BadRequest("preview must be a boolean".into())),
+    };
+    if preview {
+        let shown = dead_letters::bulk_preview(&state.pool, &filter, action, 50).await?;
+        return Ok(Json(json!({
+            "action": action.as_str(), "count": shown.count, "applicable": shown.applicable,
+            "through_id": shown.through_id, "items": shown.items,
+        }))
+        .into_response());
+    }
+    let through = request
+        .get("through_id")
+        .and_then(Value::as_i64)
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            ApiError::BadRequest(
+                "through_id (from a preview) is required to apply a bulk action".into(),
+            )
+        })?;
+    filter.through_id = Some(through);
+    let why = reason_of(&Bytes::from(
+        json!({"reason": request.get("reason").cloned().unwrap_or(Value::Null)}).to_string(),
+    ))?;
+    let outcome = dead_letters::bulk_apply(&state.pool, &filter, action, &caller.name, &why)
+        .await
+        .map_err(action_error)?;
+    let skipped: Vec<Value> = outcome
+        .skipped
+        .iter()
+        .map(|(id, error)| json!({"id": id, "error": error}))
+        .collect();
+    Ok(
+        Json(json!({"action": action.as_str(), "done": outcome.done, "skipped": skipped}))
+            .into_response(),
+    )
 }
 
 fn parse_dead_letter_id(text: &str) -> Result<i64, ApiError> {

@@ -165,6 +165,29 @@ async fn every_endpoint_answers_each_caller_as_the_contract_says() {
         ),
         (
             "POST",
+            "/v1/dead-letters/bulk".into(),
+            Some(json!({"action": "discard", "preview": true, "kind": "malformed"})),
+            vec![
+                (None, 401),
+                (Some("bogus"), 401),
+                (Some(own), 403),
+                (Some("operator"), 200),
+            ],
+        ),
+        (
+            "POST",
+            "/v1/dead-letters/bulk".into(),
+            Some(json!({"action": "discard", "kind": "malformed"})),
+            vec![(Some("operator"), 400)],
+        ),
+        (
+            "POST",
+            "/v1/dead-letters/bulk".into(),
+            Some(json!({"action": "discard", "reason": "x".repeat(20 * 1024)})),
+            vec![(Some("operator"), 413)],
+        ),
+        (
+            "POST",
             format!("/v1/dead-letters/{dead_id}/replay"),
             Some(reason.clone()),
             vec![
@@ -220,7 +243,7 @@ async fn every_endpoint_answers_each_caller_as_the_contract_says() {
             .split('/')
             .enumerate()
             .map(|(i, s)| {
-                if i == 3 && !s.is_empty() {
+                if i == 3 && !s.is_empty() && s != "bulk" {
                     "{id}".to_owned()
                 } else {
                     s.to_owned()

@@ -6,6 +6,7 @@ mod common;
 
 mod access;
 mod applications;
+mod console;
 mod dead_letters;
 mod deploy_metrics;
 mod observability;

@@ -119,32 +119,30 @@ fn clip(s: &str, width: usize) -> String {
 /// `uidflow dead-letters …`.
 pub async fn dead_letters(remote: &Remote, args: &DeadLetterArgs) -> anyhow::Result<ExitCode> {
     match &args.action {
-        Action::List { state, limit } => {
-            let path = format!("/v1/dead-letters?state={state}&limit={limit}");
+        Action::List {
+            state,
+            limit,
+            cursor,
+            filter,
+        } => {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("state", state);
+            query.append_pair("limit", &limit.to_string());
+            if let Some(cursor) = cursor {
+                query.append_pair("cursor", cursor);
+            }
+            for (key, value) in filter.pairs() {
+                query.append_pair(key, &value);
+            }
+            let path = format!("/v1/dead-letters?{}", query.finish());
             let page = remote.call(reqwest::Method::GET, &path, None).await?;
             if args.json {
                 println!("{}", terminal::json(&page));
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
-                "{:>6}  {:<9}  {:<9}  {:<18}  {:>3}  {:<20}  {:<36}  error",
-                "id", "state", "kind", "step", "try", "parked", "application"
-            );
-            for item in page["items"].as_array().into_iter().flatten() {
-                println!(
-                    "{:>6}  {:<9}  {:<9}  {:<18}  {:>3}  {:<20}  {:<36}  {}",
-                    text(&item["id"]),
-                    text(&item["state"]),
-                    text(&item["error_kind"]),
-                    text(&item["step"]),
-                    text(&item["attempts"]),
-                    when(&item["parked_at"]),
-                    text(&item["application_id"]),
-                    clip(&text(&item["error"]), 70)
-                );
-            }
-            if page["next_cursor"].is_string() {
-                println!("(more: raise --limit)");
+            print_summaries(&page["items"]);
+            if let Some(next) = page["next_cursor"].as_str() {
+                println!("(more: --cursor {})", terminal::escape(next));
             }
         }
         Action::Show { id, raw } => {
@@ -207,18 +205,37 @@ pub async fn dead_letters(remote: &Remote, args: &DeadLetterArgs) -> anyhow::Res
                 other => println!("{}", terminal::json(other)),
             }
         }
-        Action::Replay { id, reason } | Action::Discard { id, reason } => {
-            let (method, path, verb) = match &args.action {
-                Action::Replay { .. } => (
+        Action::Replay {
+            id,
+            reason,
+            filter,
+            yes,
+        }
+        | Action::Discard {
+            id,
+            reason,
+            filter,
+            yes,
+        } => {
+            let replay = matches!(&args.action, Action::Replay { .. });
+            let Some(id) = id else {
+                return bulk(remote, args, replay, reason, filter, *yes).await;
+            };
+            if !filter.pairs().is_empty() {
+                anyhow::bail!("give a dead letter's id or filters, not both");
+            }
+            let (method, path, verb) = if replay {
+                (
                     reqwest::Method::POST,
                     format!("/v1/dead-letters/{id}/replay"),
                     "replayed",
-                ),
-                _ => (
+                )
+            } else {
+                (
                     reqwest::Method::DELETE,
                     format!("/v1/dead-letters/{id}"),
                     "discarded",
-                ),
+                )
             };
             let done = remote
                 .call(method, &path, Some(json!({"reason": reason})))
@@ -235,6 +252,151 @@ pub async fn dead_letters(remote: &Remote, args: &DeadLetterArgs) -> anyhow::Res
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_summaries(items: &Value) {
+    println!(
+        "{:>6}  {:<9}  {:<12}  {:<18}  {:>3}  {:<19}  {:<36}  error",
+        "id", "state", "kind", "step", "try", "parked", "application"
+    );
+    for item in items.as_array().into_iter().flatten() {
+        println!(
+            "{:>6}  {:<9}  {:<12}  {:<18}  {:>3}  {:<19}  {:<36}  {}",
+            text(&item["id"]),
+            text(&item["state"]),
+            text(&item["error_kind"]),
+            text(&item["step"]),
+            text(&item["attempts"]),
+            when(&item["parked_at"]),
+            text(&item["application_id"]),
+            clip(&text(&item["error"]), 70)
+        );
+    }
+}
+
+/// `uidflow dead-letters replay|discard` with filters instead of an id: the preview (how many,
+/// which), then, with `--yes`, the action with one reason, bounded by what the preview saw.
+async fn bulk(
+    remote: &Remote,
+    args: &DeadLetterArgs,
+    replay: bool,
+    reason: &str,
+    filter: &FilterArgs,
+    yes: bool,
+) -> anyhow::Result<ExitCode> {
+    if filter.pairs().is_empty() && !filter.all {
+        anyhow::bail!(
+            "give a dead letter's id, or filters (--kind, --step, --error, --service, --from, --to), or --all"
+        );
+    }
+    let (action, done_verb) = if replay {
+        ("replay", "replayed")
+    } else {
+        ("discard", "discarded")
+    };
+    let mut request = serde_json::Map::new();
+    request.insert("action".into(), Value::from(action));
+    for (key, value) in filter.pairs() {
+        request.insert(key.into(), Value::from(value));
+    }
+    let mut asked = request.clone();
+    asked.insert("preview".into(), Value::from(true));
+    let preview = remote
+        .call(
+            reqwest::Method::POST,
+            "/v1/dead-letters/bulk",
+            Some(Value::Object(asked)),
+        )
+        .await?;
+    if !yes {
+        if args.json {
+            println!("{}", terminal::json(&preview));
+        } else {
+            println!(
+                "{} parked dead letters match; {} would be {done_verb} (the newest {} below). Run again with --yes to {action} them.",
+                text(&preview["count"]),
+                text(&preview["applicable"]),
+                preview["items"].as_array().map_or(0, Vec::len)
+            );
+            print_summaries(&preview["items"]);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(through) = preview["through_id"].as_i64() else {
+        if args.json {
+            println!(
+                "{}",
+                terminal::json(&json!({"action": action, "done": [], "skipped": []}))
+            );
+        } else {
+            println!("nothing to {action}: no parked dead letter matches");
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    request.insert("through_id".into(), Value::from(through));
+    request.insert("reason".into(), Value::from(reason));
+    let done = remote
+        .call(
+            reqwest::Method::POST,
+            "/v1/dead-letters/bulk",
+            Some(Value::Object(request)),
+        )
+        .await?;
+    if args.json {
+        println!("{}", terminal::json(&done));
+    } else {
+        println!(
+            "{} dead letters {done_verb}, {} skipped",
+            done["done"].as_array().map_or(0, Vec::len),
+            done["skipped"].as_array().map_or(0, Vec::len)
+        );
+        for skipped in done["skipped"].as_array().into_iter().flatten() {
+            println!("  {}: {}", text(&skipped["id"]), text(&skipped["error"]));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Which dead letters (the filters of the list, the console and a bulk action).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FilterArgs {
+    /// Only this kind (exhausted, permanent, malformed, invalid, conflict, out_of_order).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only letters parked by this step (intake, verify-identity, send-sms, …).
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Only letters whose error contains this text.
+    #[arg(long)]
+    pub error: Option<String>,
+    /// Only letters of this issuing service's applications.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Parked at or after (RFC 3339, e.g. 2026-12-02T08:00:00Z).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Parked before (RFC 3339).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Without an id or other filters: every parked dead letter (replay and discard).
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl FilterArgs {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        [
+            ("kind", &self.kind),
+            ("step", &self.step),
+            ("error", &self.error),
+            ("service", &self.service),
+            ("from", &self.from),
+            ("to", &self.to),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+        .collect()
+    }
 }
 
 /// Arguments of `uidflow dead-letters`.
@@ -265,6 +427,12 @@ pub enum Action {
         /// How many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Continue from the `--cursor` a previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Filters.
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// One dead letter with its headers and (masked) body.
     Show {
@@ -274,20 +442,34 @@ pub enum Action {
         #[arg(long)]
         raw: bool,
     },
-    /// Put it back where it failed; the application goes on.
+    /// Put it back where it failed; the application goes on. Without an id, every parked one
+    /// the filters select: a preview first, then the same with --yes.
     Replay {
         /// Its id.
-        id: i64,
+        id: Option<i64>,
         /// Why (recorded in the history).
         #[arg(long)]
         reason: String,
+        /// Filters (instead of an id).
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Apply the bulk action (without: only the preview).
+        #[arg(long)]
+        yes: bool,
     },
-    /// Discard it (recorded in the history; the row stays).
+    /// Discard it (recorded in the history; the row stays). Without an id, every parked one
+    /// the filters select: a preview first, then the same with --yes.
     Discard {
         /// Its id.
-        id: i64,
+        id: Option<i64>,
         /// Why (recorded in the history).
         #[arg(long)]
         reason: String,
+        /// Filters (instead of an id).
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Apply the bulk action (without: only the preview).
+        #[arg(long)]
+        yes: bool,
     },
 }
