@@ -108,7 +108,11 @@ pub struct Breaker {
 }
 
 /// Gathers the overview.
-pub async fn gather(pool: &PgPool, sampler: &QueueSampler) -> sqlx::Result<Overview> {
+pub async fn gather(
+    pool: &PgPool,
+    sampler: &QueueSampler,
+    grace: std::time::Duration,
+) -> sqlx::Result<Overview> {
     let queues = match sampler.sample().await {
         Ok(queues) => Section::Available {
             value: queues
@@ -142,7 +146,7 @@ pub async fn gather(pool: &PgPool, sampler: &QueueSampler) -> sqlx::Result<Overv
         dead_letters_parked: counts.get("parked"),
         in_flight: counts.get("in_flight"),
         intake: intake(pool).await?,
-        overdue: overdue(pool).await,
+        overdue: overdue(pool, grace).await,
         breakers: breakers(pool).await,
     })
 }
@@ -238,13 +242,16 @@ pub async fn intake(pool: &PgPool) -> sqlx::Result<Intake> {
     })
 }
 
-/// Applications past their deadline.
-///
-/// WIRING (lead): once `uidflow::reconcile` exists, return
-/// `Section::Available { value: crate::reconcile::<overdue count>(pool).await? }` here.
-pub async fn overdue(_pool: &PgPool) -> Section<i64> {
-    Section::NotAvailable {
-        why: "the reconciler is not part of this build".into(),
+/// Applications past their deadline (`RECONCILE_GRACE` after their expected event).
+pub async fn overdue(pool: &PgPool, grace: std::time::Duration) -> Section<i64> {
+    match crate::reconcile::count_overdue(pool, grace).await {
+        Ok(value) => Section::Available { value },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count overdue applications");
+            Section::NotAvailable {
+                why: "the database could not be asked".into(),
+            }
+        }
     }
 }
 
