@@ -99,6 +99,8 @@ pub struct Settings {
     pub hash_params: crate::secrets::HashParams,
     /// PostgreSQL connections this process's pool may hold (`DATABASE_MAX_CONNECTIONS`).
     pub database_max_connections: u32,
+    /// The shared circuit breakers of the external systems (`BREAKER_*`, see `breaker`).
+    pub breaker: crate::breaker::BreakerConfig,
 }
 
 /// Default of `DATABASE_MAX_CONNECTIONS`: a connection is held only while a delivery commits
@@ -217,6 +219,25 @@ impl Settings {
                         variable: "DATABASE_MAX_CONNECTIONS",
                         problem: format!("{text:?} is not a whole number from 1 to 1000"),
                     })?,
+            },
+            breaker: crate::breaker::BreakerConfig {
+                failures: match get("BREAKER_FAILURES") {
+                    None => crate::breaker::DEFAULT_FAILURES,
+                    Some(text) => text
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=1_000_000).contains(n))
+                        .ok_or_else(|| ConfigError {
+                            variable: "BREAKER_FAILURES",
+                            problem: format!("{text:?} is not a whole number from 1 to 1000000"),
+                        })?,
+                },
+                probe_interval: parse_duration_var(
+                    "BREAKER_PROBE_INTERVAL",
+                    get("BREAKER_PROBE_INTERVAL"),
+                    "30s",
+                )?,
+                refresh: parse_duration_var("BREAKER_REFRESH", get("BREAKER_REFRESH"), "1s")?,
             },
         })
     }
