@@ -310,7 +310,7 @@ impl<S: Step> StepRunner<S> {
             // What `failed` did not handle: an answer (success, or a permanent failure).
             let reported = match call {
                 Some(Call::Answered) => self.breakers.success(system).await,
-                Some(Call::Failed) => self.breakers.failure(system).await.map(drop),
+                Some(Call::Failed) => self.breakers.failure(system).await,
                 None => Ok(()),
             };
             if let Err(error) = reported {
@@ -485,25 +485,36 @@ impl<S: Step> StepRunner<S> {
         system: System,
         failed_with: Option<&str>,
     ) -> anyhow::Result<&'static str> {
-        let pool = &self.cx.pool;
+        let mut tx = self.cx.pool.begin().await?;
+        self.put_back_in(&mut tx, item, system, failed_with).await?;
+        crate::outbox::commit(tx, &self.cx.pool).await?;
+        Ok("breaker_open")
+    }
+
+    /// [`Self::put_back`] in `tx`.
+    async fn put_back_in(
+        &self,
+        tx: &mut PgConnection,
+        item: &WorkItem,
+        system: System,
+        failed_with: Option<&str>,
+    ) -> sqlx::Result<()> {
         let delays = &self.cx.settings.retry_delays;
         let ttl = delays.iter().copied().min().unwrap_or(Duration::from_secs(1));
-        let mut tx = pool.begin().await?;
-        enqueue_work(&mut tx, item, Some(Wait::Retry(ttl))).await?;
-        Breakers::saved(&mut tx, system).await?;
+        Breakers::saved(tx, system).await?;
+        enqueue_work(tx, item, Some(Wait::Retry(ttl))).await?;
         if let Some(why) = failed_with {
             let detail = format!(
                 "attempt {} failed ({why}); not counted: {} is unavailable and its circuit breaker is open, so the step waits for it",
                 item.attempt,
                 system.describe()
             );
-            applications::note(&mut tx, item.application_id, S::NAME, &detail).await?;
+            applications::note(tx, item.application_id, S::NAME, &detail).await?;
             tracing::warn!(error = %why, system = system.as_str(), "step failed with its breaker open; put back, attempt not counted");
         } else {
             tracing::debug!(system = system.as_str(), "breaker open; put back");
         }
-        crate::outbox::commit(tx, pool).await?;
-        Ok("breaker_open")
+        Ok(())
     }
 
     async fn failed(
@@ -512,22 +523,20 @@ impl<S: Step> StepRunner<S> {
         item: &WorkItem,
         error: StepError,
     ) -> anyhow::Result<&'static str> {
-        // A transient failure of the external call counts on the breaker; if the breaker is
-        // (now) open, the attempt is not spent: the item goes back as it came.
-        let mut spent_on = None;
+        let mut tx = self.cx.pool.begin().await?;
+        // A transient failure of the external call counts on the breaker, in this transaction
+        // (which then holds the breaker's row until it commits); if the breaker is (now) open,
+        // the attempt is not spent: the item goes back as it came.
         if let (StepError::Transient { source, .. }, Some(system), Some(Call::Failed)) =
             (&error, self.system, breaker::last_call())
         {
             breaker::clear_call();
-            if self.breakers.failure(system).await? {
+            if self.breakers.failure_in(&mut tx, system).await? {
                 let why = format!("{source:#}");
-                return self.put_back(item, system, Some(&why)).await;
+                self.put_back_in(&mut tx, item, system, Some(&why)).await?;
+                crate::outbox::commit(tx, &self.cx.pool).await?;
+                return Ok("breaker_open");
             }
-            spent_on = Some(system);
-        }
-        let mut tx = self.cx.pool.begin().await?;
-        if let Some(system) = spent_on {
-            Breakers::spent(&mut tx, system).await?;
         }
         let id = item.application_id;
         let label = match &error {
