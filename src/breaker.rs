@@ -448,13 +448,12 @@ impl Breakers {
 
     /// Counts a work item put back because of the breaker (the attempt it did not spend).
     pub async fn saved(conn: &mut sqlx::PgConnection, system: System) -> sqlx::Result<()> {
-        sqlx::query(
-            "UPDATE breakers SET saved_attempts = saved_attempts + 1 WHERE system = $1",
-        )
-        .bind(system.as_str())
-        .execute(&mut *conn)
-        .await?;
-        ::metrics::counter!(BREAKER_SAVED_ATTEMPTS_TOTAL, "service" => system.as_str()).increment(1);
+        sqlx::query("UPDATE breakers SET saved_attempts = saved_attempts + 1 WHERE system = $1")
+            .bind(system.as_str())
+            .execute(&mut *conn)
+            .await?;
+        ::metrics::counter!(BREAKER_SAVED_ATTEMPTS_TOTAL, "service" => system.as_str())
+            .increment(1);
         Ok(())
     }
 
@@ -530,8 +529,13 @@ impl Breakers {
                 "circuit breaker opened: {} is failing; its steps stop taking work (no attempts spent) until a probe succeeds",
                 system.describe()
             ),
-            Change::Probing => tracing::info!(system = name, "circuit breaker half-open: this process probes with one work item"),
-            Change::Reopened => tracing::warn!(system = name, probe_in = %interval, "circuit breaker probe failed; open again"),
+            Change::Probing => tracing::info!(
+                system = name,
+                "circuit breaker half-open: this process probes with one work item"
+            ),
+            Change::Reopened => {
+                tracing::warn!(system = name, probe_in = %interval, "circuit breaker probe failed; open again")
+            }
             Change::Closed => tracing::info!(
                 system = name,
                 "circuit breaker closed: {} answers again; its steps resume",
@@ -542,8 +546,13 @@ impl Breakers {
 
     fn show(&self, system: System, breaker: &Breaker) {
         let view = View::of(breaker, &self.me);
-        ::metrics::gauge!(BREAKER_OPEN, "service" => system.as_str())
-            .set(if breaker.state == State::Closed { 0.0 } else { 1.0 });
+        ::metrics::gauge!(BREAKER_OPEN, "service" => system.as_str()).set(
+            if breaker.state == State::Closed {
+                0.0
+            } else {
+                1.0
+            },
+        );
         self.local[system.index()].view.send_if_modified(|old| {
             let changed = *old != view;
             *old = view;
@@ -567,8 +576,13 @@ impl Breakers {
             let breaker = breaker_of(&row);
             let due = row.get::<Option<bool>, _>("due").unwrap_or(false);
             if breaker.state != State::Closed && due && self.uses.contains(&system) {
-                self.event(system, Event::Claim { by: self.me.clone() })
-                    .await?;
+                self.event(
+                    system,
+                    Event::Claim {
+                        by: self.me.clone(),
+                    },
+                )
+                .await?;
             } else {
                 self.show(system, &breaker);
             }
@@ -719,6 +733,7 @@ mod tests {
         assert_eq!((b.state, b.failures), (State::Closed, 2));
         let (reset, change) = b.apply(&Event::Success, t0, &cfg);
         assert_eq!((reset.failures, change), (0, None));
+        b = reset;
         // Three in a row open it.
         let mut change = None;
         for by in ["a", "b", "a"] {
@@ -737,14 +752,24 @@ mod tests {
         assert_eq!(probing.state, State::HalfOpen);
         assert_eq!(View::of(&probing, "a"), View::Probe);
         assert_eq!(View::of(&probing, "b"), View::Open);
-        assert_eq!(probing.apply(&claim("b"), secs(32), &cfg), (probing.clone(), None));
+        assert_eq!(
+            probing.apply(&claim("b"), secs(32), &cfg),
+            (probing.clone(), None)
+        );
         // Another process's failure is not the probe's; the prober's failure reopens it.
-        assert_eq!(probing.apply(&failure("b"), secs(32), &cfg), (probing.clone(), None));
+        assert_eq!(
+            probing.apply(&failure("b"), secs(32), &cfg),
+            (probing.clone(), None)
+        );
         let (reopened, change) = probing.apply(&failure("a"), secs(33), &cfg);
         assert_eq!(change, Some(Change::Reopened));
         assert_eq!(reopened.state, State::Open);
         assert_eq!(reopened.next_probe_at, Some(secs(63)));
-        assert_eq!(reopened.opened_at, Some(secs(1)), "open since the first time");
+        assert_eq!(
+            reopened.opened_at,
+            Some(secs(1)),
+            "open since the first time"
+        );
         // A prober that never reports loses the probe at the end of its interval.
         let (probing, _) = reopened.apply(&claim("a"), secs(63), &cfg);
         let (taken, change) = probing.apply(&claim("b"), secs(93), &cfg);

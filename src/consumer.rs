@@ -233,7 +233,11 @@ async fn session<H: Handler>(
             }
             None if want == Flow::Pause => {}
             None => {
-                let prefetch = if want == Flow::One { 1 } else { config.prefetch };
+                let prefetch = if want == Flow::One {
+                    1
+                } else {
+                    config.prefetch
+                };
                 let started = async {
                     channel
                         .basic_qos(prefetch, BasicQosOptions::default())

@@ -500,7 +500,11 @@ impl<S: Step> StepRunner<S> {
         failed_with: Option<&str>,
     ) -> sqlx::Result<()> {
         let delays = &self.cx.settings.retry_delays;
-        let ttl = delays.iter().copied().min().unwrap_or(Duration::from_secs(1));
+        let ttl = delays
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(Duration::from_secs(1));
         Breakers::saved(tx, system).await?;
         enqueue_work(tx, item, Some(Wait::Retry(ttl))).await?;
         if let Some(why) = failed_with {

@@ -53,17 +53,14 @@ async fn three_runners() -> (TestApp, Vec<uidflow_cli::Running>) {
 /// The breaker's row (state, opened_total, saved_attempts), and the attempts spent (by any
 /// step) while a breaker was open, from the history and the breakers' log.
 async fn breaker(app: &TestApp, system: &str) -> (String, i64, i64, i64) {
-    let row = sqlx::query(
-        "SELECT state, opened_total, saved_attempts FROM breakers WHERE system = $1",
-    )
-    .bind(system)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let row =
+        sqlx::query("SELECT state, opened_total, saved_attempts FROM breakers WHERE system = $1")
+            .bind(system)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     let mut conn = app.pool.acquire().await.unwrap();
-    let spent_while_open = uidflow::breaker::spent_while_open(&mut conn)
-        .await
-        .unwrap();
+    let spent_while_open = uidflow::breaker::spent_while_open(&mut conn).await.unwrap();
     (
         row.get("state"),
         row.get("opened_total"),
@@ -74,18 +71,21 @@ async fn breaker(app: &TestApp, system: &str) -> (String, i64, i64, i64) {
 
 /// Waits until the breaker of `system` has been open (or probing) for [`OUTAGE_SECONDS`].
 async fn wait_open_long(app: &TestApp, system: &str) {
-    wait_until(&format!("the {system} breaker open for a while"), || async {
-        let open_for: Option<f64> = sqlx::query_scalar(
-            "SELECT extract(epoch FROM clock_timestamp() - opened_at)::float8 FROM breakers
+    wait_until(
+        &format!("the {system} breaker open for a while"),
+        || async {
+            let open_for: Option<f64> = sqlx::query_scalar(
+                "SELECT extract(epoch FROM clock_timestamp() - opened_at)::float8 FROM breakers
              WHERE system = $1 AND state <> 'closed'",
-        )
-        .bind(system)
-        .fetch_optional(&app.pool)
-        .await
-        .unwrap()
-        .flatten();
-        open_for.filter(|s| *s >= OUTAGE_SECONDS).map(drop)
-    })
+            )
+            .bind(system)
+            .fetch_optional(&app.pool)
+            .await
+            .unwrap()
+            .flatten();
+            open_for.filter(|s| *s >= OUTAGE_SECONDS).map(drop)
+        },
+    )
     .await;
 }
 
@@ -151,13 +151,21 @@ async fn an_sms_outage_longer_than_the_retries_pauses_the_work_and_spends_no_att
     wait_open_long(&app, "sms").await;
     // Shown to operators and to clerks while it lasts.
     let ready = app.call("GET", "/readyz", None, None).await;
-    assert_eq!(ready.status, 200, "an open breaker does not make a process unready");
+    assert_eq!(
+        ready.status, 200,
+        "an open breaker does not make a process unready"
+    );
     assert_ne!(ready.json["breakers"]["sms"], "closed", "{}", ready.text);
     assert_eq!(ready.json["breakers"]["mvd"], "closed");
     let waiting = wait_until("an application waiting for the SMS gateway", || async {
         for id in &ids {
             let answer = app
-                .call("GET", &format!("/v1/applications/{id}"), Some("operator"), None)
+                .call(
+                    "GET",
+                    &format!("/v1/applications/{id}"),
+                    Some("operator"),
+                    None,
+                )
                 .await;
             let last = answer.json["history"].as_array()?.last()?.clone();
             if last["detail"]
@@ -175,8 +183,7 @@ async fn an_sms_outage_longer_than_the_retries_pauses_the_work_and_spends_no_att
     wait_closed(&app, "sms").await;
     let mut codes = Vec::new();
     for (id, person) in ids.iter().zip(&people) {
-        app.wait_for_status(id, "awaiting_phone_confirmation")
-            .await;
+        app.wait_for_status(id, "awaiting_phone_confirmation").await;
         codes.push(app.last_code(&person.phone));
     }
     let spent_on_codes = spent_attempts(&app).await;
@@ -210,12 +217,18 @@ async fn an_sms_outage_longer_than_the_retries_pauses_the_work_and_spends_no_att
     // Only the failures before the breaker opened spent an attempt (fewer than 3 per outage,
     // whatever its length); while it was open none did, and the rest were put back.
     let spent = spent_attempts(&app).await;
-    assert!(spent_on_codes <= 2, "{spent_on_codes} attempts spent on the codes");
+    assert!(
+        spent_on_codes <= 2,
+        "{spent_on_codes} attempts spent on the codes"
+    );
     assert!(spent - spent_on_codes <= 2, "{spent} attempts spent in all");
     let (state, opened, saved, spent_while_open) = breaker(&app, "sms").await;
     assert_eq!(state, "closed");
     assert!(opened >= 2, "opened once per outage: {opened}");
-    assert!(saved >= 2, "at least the failure that opened it, per outage: {saved}");
+    assert!(
+        saved >= 2,
+        "at least the failure that opened it, per outage: {saved}"
+    );
     assert_eq!(spent_while_open, 0);
     stop(app, others).await;
 }
@@ -264,6 +277,10 @@ async fn an_mvd_outage_longer_than_the_retries_pauses_the_work_and_spends_no_att
     assert!(opened >= 1);
     assert!(saved >= 1, "{saved}");
     assert_eq!(spent_while_open, 0);
-    assert_eq!(breaker(&app, "sms").await.1, 0, "the SMS breaker never opened");
+    assert_eq!(
+        breaker(&app, "sms").await.1,
+        0,
+        "the SMS breaker never opened"
+    );
     stop(app, others).await;
 }

@@ -85,20 +85,33 @@ pub async fn start(
         match part {
             Part::VerifyIdentity => {
                 let step = verify_identity::VerifyIdentity::new(&mvd_url, http.clone());
-                system.spawn(move |token| runtime::run(settings, pool, step, concurrency, breakers, token));
+                system.spawn(move |token| {
+                    runtime::run(settings, pool, step, concurrency, breakers, token)
+                });
             }
             Part::ConfirmPhone => {
                 let step = confirm_phone::ConfirmPhone::new(&sms_url, http.clone(), hash_params);
-                system.spawn(move |token| runtime::run(settings, pool, step, concurrency, breakers, token));
+                system.spawn(move |token| {
+                    runtime::run(settings, pool, step, concurrency, breakers, token)
+                });
             }
             Part::Register => {
                 system.spawn(move |token| {
-                    runtime::run(settings, pool, registry::Register, concurrency, breakers, token)
+                    runtime::run(
+                        settings,
+                        pool,
+                        registry::Register,
+                        concurrency,
+                        breakers,
+                        token,
+                    )
                 });
             }
             Part::SendSms => {
                 let step = send_sms::SendSms::new(&sms_url, http.clone(), hash_params);
-                system.spawn(move |token| runtime::run(settings, pool, step, concurrency, breakers, token));
+                system.spawn(move |token| {
+                    runtime::run(settings, pool, step, concurrency, breakers, token)
+                });
             }
             Part::PhoneConfirmation => {
                 system.spawn(move |token| {

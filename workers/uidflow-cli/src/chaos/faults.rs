@@ -30,6 +30,8 @@ pub enum Fault {
     SmsDown(Duration),
     /// The MVD answers every request 429 with `Retry-After` for this long.
     Mvd429(Duration),
+    /// The MVD answers every request 503 for this long (an outage).
+    MvdDown(Duration),
 }
 
 impl Fault {
@@ -42,15 +44,20 @@ impl Fault {
             Fault::Postgres(_) => "postgres_restart",
             Fault::SmsDown(_) => "sms_down",
             Fault::Mvd429(_) => "mvd_429",
+            Fault::MvdDown(_) => "mvd_down",
         }
     }
 
-    fn length(self) -> Duration {
+    pub(crate) fn length(self) -> Duration {
         match self {
             Fault::Kill9 => Duration::ZERO,
             // Its exit and restart take a few seconds.
             Fault::Sigterm => Duration::from_secs(5),
-            Fault::Rabbitmq(d) | Fault::Postgres(d) | Fault::SmsDown(d) | Fault::Mvd429(d) => d,
+            Fault::Rabbitmq(d)
+            | Fault::Postgres(d)
+            | Fault::SmsDown(d)
+            | Fault::Mvd429(d)
+            | Fault::MvdDown(d) => d,
         }
     }
 }
@@ -99,7 +106,8 @@ pub fn schedule(
 /// One fault as it happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct Injected {
-    /// `kill_9`, `sigterm`, `rabbitmq_restart`, `postgres_restart`, `sms_down`, `mvd_429`.
+    /// `kill_9`, `sigterm`, `rabbitmq_restart`, `postgres_restart`, `sms_down`, `mvd_429`,
+    /// `mvd_down`.
     pub kind: &'static str,
     /// Seconds since the run started.
     pub at: f64,
@@ -194,6 +202,10 @@ impl Injector {
                 Fault::SmsDown(length) => self.sms_down(length).await,
                 Fault::Mvd429(length) => {
                     self.mvd_429(length).await;
+                    Ok(())
+                }
+                Fault::MvdDown(length) => {
+                    self.mvd_down(length).await;
                     Ok(())
                 }
                 Fault::Kill9 | Fault::Sigterm => Ok(()),
@@ -339,6 +351,23 @@ impl Injector {
         tokio::time::sleep(length).await;
         self.sims.set_mvd_faults(normal);
         let mut injected = self.injected("mvd_429", at, started);
+        injected.requests = Some(self.sims.mvd_requests() - before);
+        self.record(injected);
+    }
+
+    async fn mvd_down(&self, length: Duration) {
+        let (at, started) = (self.now(), Utc::now());
+        eprintln!("chaos: [{at:>6.1}s] MVD down (answers 503)");
+        let before = self.sims.mvd_requests();
+        let normal = self.sims.mvd_faults();
+        self.sims.set_mvd_faults(Faults {
+            outage: true,
+            ..normal.clone()
+        });
+        // The length of the outage: chosen, not a wait for a condition.
+        tokio::time::sleep(length).await;
+        self.sims.set_mvd_faults(normal);
+        let mut injected = self.injected("mvd_down", at, started);
         injected.requests = Some(self.sims.mvd_requests() - before);
         self.record(injected);
     }
