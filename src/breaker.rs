@@ -631,17 +631,22 @@ pub async fn states(
         .collect())
 }
 
-/// The attempts spent (a retry scheduled, or given up) by the steps calling a system while
-/// that system's breaker was open or half-open, from the history and `breaker_events`: the
-/// figure the breaker keeps at 0 (the tests and `uidflow chaos` check it).
+/// The attempts spent on a system's failures (a retry scheduled, or given up) while that
+/// system's breaker was open or half-open, from the history and `breaker_events`: the figure
+/// the breaker keeps at 0 (the tests and `uidflow chaos` check it). A failure is the system's
+/// when its note quotes the client's error ("sms answered 503", "calling mvd: timed out").
 pub async fn spent_while_open(conn: &mut sqlx::PgConnection) -> sqlx::Result<i64> {
     sqlx::query_scalar(
-        "WITH spent AS (
-           SELECT h.at, CASE h.step WHEN 'verify-identity' THEN 'mvd'
-                                    WHEN 'confirm-phone' THEN 'sms'
-                                    WHEN 'send-sms' THEN 'sms' END AS system
+        "WITH noted AS (
+           SELECT h.at, h.detail, CASE h.step WHEN 'verify-identity' THEN 'mvd'
+                                              WHEN 'confirm-phone' THEN 'sms'
+                                              WHEN 'send-sms' THEN 'sms' END AS system
            FROM application_history h
-           WHERE h.detail LIKE 'attempt % failed%; attempt % in %' OR h.detail LIKE 'gave up after %')
+           WHERE h.detail LIKE 'attempt % failed%; attempt % in %' OR h.detail LIKE 'gave up after %'),
+         spent AS (
+           SELECT at, system FROM noted
+           WHERE detail LIKE '% (' || system || ' answered %' OR detail LIKE '% (calling ' || system || ':%'
+              OR detail LIKE '%attempts: ' || system || ' answered %' OR detail LIKE '%attempts: calling ' || system || ':%')
          SELECT count(*) FROM spent s
          WHERE (SELECT e.change FROM breaker_events e
                 WHERE e.system = s.system AND e.at <= s.at

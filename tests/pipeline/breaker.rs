@@ -230,6 +230,27 @@ async fn an_sms_outage_longer_than_the_retries_pauses_the_work_and_spends_no_att
         "at least the failure that opened it, per outage: {saved}"
     );
     assert_eq!(spent_while_open, 0);
+    // The count is real: an attempt spent on an SMS failure after the breaker opened counts
+    // (and a database failure, not the gateway's, does not).
+    sqlx::query("INSERT INTO breaker_events (system, change) VALUES ('sms', 'opened')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    for detail in [
+        "attempt 1 failed (sms answered 503); attempt 2 in 1s",
+        "attempt 1 failed (pool timed out while waiting for an open connection); attempt 2 in 1s",
+    ] {
+        sqlx::query(
+            "INSERT INTO application_history (application_id, status, step, detail)
+             SELECT application_id, status, 'send-sms', $2 FROM applications WHERE application_id = $1::uuid",
+        )
+        .bind(&ids[0])
+        .bind(detail)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    assert_eq!(breaker(&app, "sms").await.3, 1);
     stop(app, others).await;
 }
 
