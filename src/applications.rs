@@ -390,9 +390,61 @@ pub async fn load_view(
     .into_iter()
     .map(|h| HistoryEntry { at: h.get("at"), status: h.get("status"), step: h.get("step"), detail: h.get("detail") })
     .collect();
-    Ok(Some(ApplicationView {
-        summary: summary_of(&row),
-        history,
+    let summary = summary_of(&row);
+    let mut view = ApplicationView { summary, history };
+    if let Some(waiting) = waiting_for_breaker(conn, &view.summary).await? {
+        view.history.push(waiting);
+    }
+    Ok(Some(view))
+}
+
+/// When the application's next step calls an external system whose circuit breaker is open,
+/// a last history entry (not stored; as of now) that says it waits for that system.
+async fn waiting_for_breaker(
+    conn: &mut PgConnection,
+    summary: &ApplicationSummary,
+) -> sqlx::Result<Option<HistoryEntry>> {
+    let status = Status::parse(&summary.status);
+    let kind = summary.kind.as_deref().and_then(Kind::parse);
+    let (Some(status), Some(kind)) = (status, kind) else {
+        return Ok(None);
+    };
+    if status.is_final() {
+        return Ok(None);
+    }
+    let done: Vec<String> =
+        sqlx::query_scalar("SELECT step FROM step_ledger WHERE application_id = $1")
+            .bind(summary.application_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    let Some(hop) = crate::route::hops(kind)
+        .iter()
+        .find(|hop| !done.iter().any(|d| d == hop.step))
+    else {
+        return Ok(None);
+    };
+    let Some(system) = crate::breaker::system_of(hop.step) else {
+        return Ok(None);
+    };
+    let states = crate::breaker::states(conn).await?;
+    let Some((_, state, opened_at)) = states
+        .into_iter()
+        .find(|(s, state, _)| *s == system && *state != crate::breaker::State::Closed)
+    else {
+        return Ok(None);
+    };
+    let since = opened_at.map_or_else(String::new, |at| {
+        format!(" since {}", at.format("%Y-%m-%d %H:%M:%S UTC"))
+    });
+    Ok(Some(HistoryEntry {
+        at: Utc::now(),
+        status: summary.status.clone(),
+        step: hop.step.to_owned(),
+        detail: Some(format!(
+            "waiting: {} is unavailable{since} (circuit breaker {}); the step resumes when it answers again, without spending an attempt",
+            system.describe(),
+            state.as_str().replace('_', "-"),
+        )),
     }))
 }
 

@@ -104,6 +104,8 @@ pub struct Settings {
     /// How long after its expected event an application counts as overdue
     /// (`RECONCILE_GRACE`, 5m): longer than a step queue's backlog normally takes to drain.
     pub reconcile_grace: Duration,
+    /// The shared circuit breakers of the external systems (`BREAKER_*`, see `breaker`).
+    pub breaker: crate::breaker::BreakerConfig,
 }
 
 /// Default of `DATABASE_MAX_CONNECTIONS`: a connection is held only while a delivery commits
@@ -239,6 +241,25 @@ impl Settings {
                 "30s",
             )?,
             reconcile_grace: parse_duration_var("RECONCILE_GRACE", get("RECONCILE_GRACE"), "5m")?,
+            breaker: crate::breaker::BreakerConfig {
+                failures: match get("BREAKER_FAILURES") {
+                    None => crate::breaker::DEFAULT_FAILURES,
+                    Some(text) => text
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=1_000_000).contains(n))
+                        .ok_or_else(|| ConfigError {
+                            variable: "BREAKER_FAILURES",
+                            problem: format!("{text:?} is not a whole number from 1 to 1000000"),
+                        })?,
+                },
+                probe_interval: parse_duration_var(
+                    "BREAKER_PROBE_INTERVAL",
+                    get("BREAKER_PROBE_INTERVAL"),
+                    "30s",
+                )?,
+                refresh: parse_duration_var("BREAKER_REFRESH", get("BREAKER_REFRESH"), "1s")?,
+            },
         })
     }
 

@@ -6,6 +6,11 @@
 //! A handler error means "this process cannot work right now" (database down, broker gone):
 //! the loop drops the connection, so every unacked delivery goes back to the queue, waits, and
 //! starts over. Deciding what a bad message means is the handler's job, not an error.
+//!
+//! A gated consumer ([`run_gated`]: the steps that call an external system) follows its
+//! breaker's [`Flow`]: on `Pause` it cancels its AMQP consumer (the work waits in the queue),
+//! hands the deliveries already sent to it to the handler (which puts them back), and consumes
+//! again when the flow changes; on `One` it takes one delivery at a time (the probe).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::amqp::{CLOSE_TIMEOUT, close, connect_once, headers_to_json};
+use crate::breaker::{Flow, View};
 use crate::config::Settings;
 use crate::retry::{Policy, pause};
 use crate::trace::{TRACEPARENT, TraceContext};
@@ -104,9 +110,21 @@ pub async fn run<H: Handler>(
     handler: Arc<H>,
     token: CancellationToken,
 ) {
+    run_gated(settings, config, handler, None, token).await;
+}
+
+/// [`run`], following `gate` (a breaker's view: consume, one at a time, or pause).
+pub async fn run_gated<H: Handler>(
+    settings: Settings,
+    config: ConsumerConfig,
+    handler: Arc<H>,
+    gate: Option<tokio::sync::watch::Receiver<View>>,
+    token: CancellationToken,
+) {
     let mut delays = Policy::RECONNECT.delays();
     while !token.is_cancelled() {
-        match session(&settings, &config, &handler, &token).await {
+        let gate = gate.clone();
+        match session(&settings, &config, &handler, gate, &token).await {
             Ok(()) => return,
             Err(SessionEnd { worked, error }) => {
                 if worked {
@@ -127,10 +145,42 @@ struct SessionEnd {
     error: anyhow::Error,
 }
 
+/// The flow `gate` asks for now (no gate, or a gate whose breaker is gone: consume).
+fn flow_of(gate: &Option<tokio::sync::watch::Receiver<View>>) -> Flow {
+    gate.as_ref()
+        .map_or(Flow::Consume, |gate| gate.borrow().flow())
+}
+
+/// Waits for the gate to change; never for no gate. A closed gate becomes no gate.
+async fn gate_changed(gate: &mut Option<tokio::sync::watch::Receiver<View>>) {
+    match gate {
+        Some(receiver) => {
+            if receiver.changed().await.is_err() {
+                *gate = None;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The next delivery of the current consumer; never when there is none.
+async fn next_delivery(
+    current: &mut Option<(lapin::Consumer, Flow)>,
+) -> Option<lapin::Result<Delivery>> {
+    match current {
+        Some((consumer, _)) => consumer.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long a cancelled consumer's last deliveries may take to arrive.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn session<H: Handler>(
     settings: &Settings,
     config: &ConsumerConfig,
     handler: &Arc<H>,
+    mut gate: Option<tokio::sync::watch::Receiver<View>>,
     token: &CancellationToken,
 ) -> Result<(), SessionEnd> {
     let early = |error: anyhow::Error| SessionEnd {
@@ -149,36 +199,80 @@ async fn session<H: Handler>(
     crate::amqp::declare(&channel, &topology)
         .await
         .map_err(|e| early(e.into()))?;
-    channel
-        .basic_qos(config.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(|e| early(e.into()))?;
-    let mut consumer = channel
-        .basic_consume(
-            config.queue.as_str().into(),
-            format!("uidflow-{}-{}", config.role, uuid::Uuid::new_v4()).into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| early(e.into()))?;
-    tracing::info!(role = config.role, queue = %config.queue, prefetch = config.prefetch, "consuming");
     let mut in_flight: JoinSet<anyhow::Result<()>> = JoinSet::new();
-    let failed = |error: anyhow::Error| SessionEnd {
-        worked: true,
-        error,
+    let mut worked = false;
+    let mut current: Option<(lapin::Consumer, Flow)> = None;
+    let spawn = |in_flight: &mut JoinSet<anyhow::Result<()>>, delivery: Delivery| {
+        let handler = Arc::clone(handler);
+        let queue = config.queue.clone();
+        in_flight.spawn(async move { process(&*handler, &queue, delivery).await });
     };
     let outcome = loop {
+        let failed = move |error: anyhow::Error| SessionEnd { worked, error };
+        let want = flow_of(&gate);
+        match current.as_ref().map(|(_, flow)| *flow) {
+            Some(flow) if flow == want => {}
+            Some(_) => {
+                // The breaker changed: stop this consumer, hand what it was already sent to the
+                // handler (no delivery goes back to the queue: that would count against its
+                // delivery limit), then start over with the new flow.
+                let (mut consumer, _) = current.take().expect("a consumer");
+                let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+                if let Err(error) = cancel.await {
+                    break Err(failed(error.into()));
+                }
+                let drained = loop {
+                    match tokio::time::timeout(DRAIN_TIMEOUT, consumer.next()).await {
+                        Ok(Some(Ok(delivery))) => spawn(&mut in_flight, delivery),
+                        Ok(Some(Err(error))) => break Err(error),
+                        Ok(None) | Err(_) => break Ok(()),
+                    }
+                };
+                if let Err(error) = drained {
+                    break Err(failed(error.into()));
+                }
+                if want == Flow::Pause {
+                    tracing::info!(role = config.role, queue = %config.queue, "paused: the circuit breaker of this step's external system is open");
+                }
+                continue;
+            }
+            None if want == Flow::Pause => {}
+            None => {
+                let prefetch = if want == Flow::One {
+                    1
+                } else {
+                    config.prefetch
+                };
+                let started = async {
+                    channel
+                        .basic_qos(prefetch, BasicQosOptions::default())
+                        .await?;
+                    channel
+                        .basic_consume(
+                            config.queue.as_str().into(),
+                            format!("uidflow-{}-{}", config.role, uuid::Uuid::new_v4()).into(),
+                            BasicConsumeOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await
+                }
+                .await;
+                match started {
+                    Ok(consumer) => current = Some((consumer, want)),
+                    Err(error) => break Err(failed(error.into())),
+                }
+                worked = true;
+                tracing::info!(role = config.role, queue = %config.queue, prefetch, "consuming");
+            }
+        }
+        let failed = move |error: anyhow::Error| SessionEnd { worked, error };
         tokio::select! {
             _ = token.cancelled() => break Ok(()),
-            next = consumer.next() => match next {
+            () = gate_changed(&mut gate) => {}
+            next = next_delivery(&mut current) => match next {
                 None => break Err(failed(anyhow::anyhow!("the broker ended the consumer"))),
                 Some(Err(error)) => break Err(failed(error.into())),
-                Some(Ok(delivery)) => {
-                    let handler = Arc::clone(handler);
-                    let queue = config.queue.clone();
-                    in_flight.spawn(async move { process(&*handler, &queue, delivery).await });
-                }
+                Some(Ok(delivery)) => spawn(&mut in_flight, delivery),
             },
             Some(done) = in_flight.join_next() => {
                 if let Err(error) = done.unwrap_or_else(|panic| Err(anyhow::anyhow!("handler panicked: {panic}"))) {
@@ -190,8 +284,10 @@ async fn session<H: Handler>(
     match outcome {
         Ok(()) => {
             // Stop taking deliveries, let in-flight work finish, then close.
-            let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, cancel).await;
+            if let Some((consumer, _)) = &current {
+                let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, cancel).await;
+            }
             let drain = async { while in_flight.join_next().await.is_some() {} };
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, drain).await;
             close(&connection, 200, "shutting down").await;

@@ -8,6 +8,9 @@
 //! | `awaiting_phone_confirmation` | the clerk's code, or else its expiry timer | the code's `expires_at` |
 //! | any other unfinished one | the work item of the route's current step (the first not in the ledger) | the last status change, or a retry's `due_at` |
 //!
+//! An application whose awaited step calls an external system with an open circuit breaker
+//! (`breaker`) is paused, not stuck: it is neither counted nor re-sent.
+//!
 //! An application past its deadline lost its message somewhere (a purged or deleted queue, a
 //! broker that dropped it). `uidflow reconcile` lists them; a repair re-sends the current work
 //! item through the outbox (the same attempt, so no retry is gained or lost), notes it in the
@@ -103,6 +106,10 @@ impl WaitsFor {
 /// An application past its deadline.
 #[derive(Debug, Clone, Serialize)]
 pub struct Overdue {
+    /// The external system whose circuit breaker is open and that the awaited step calls:
+    /// the application is paused, not stuck (never re-sent, not counted as overdue).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_by: Option<&'static str>,
     /// The application.
     pub application_id: Uuid,
     /// Its kind.
@@ -177,6 +184,7 @@ pub async fn overdue(
         .bind(limit)
         .fetch_all(&mut *conn)
         .await?;
+    let open = open_breakers(&mut *conn).await?;
     Ok(rows
         .iter()
         .filter_map(|row| {
@@ -188,19 +196,43 @@ pub async fn overdue(
             let due = due_step
                 .as_deref()
                 .zip(due_attempt.and_then(|a| u32::try_from(a).ok()));
+            let waits_for = waits_for(kind, status, &done, due, row.get("generation"));
+            let paused_by = crate::breaker::system_of(waits_for.step())
+                .filter(|system| open.contains(system))
+                .map(crate::breaker::System::as_str);
             Some(Overdue {
+                paused_by,
                 application_id: row.get("application_id"),
                 kind,
                 status,
-                waits_for: waits_for(kind, status, &done, due, row.get("generation")),
+                waits_for,
                 expected_at: row.get("expected_at"),
             })
         })
         .collect())
 }
 
-/// How many applications are past their deadline.
+/// The external systems whose circuit breaker is not closed (their steps are paused).
+async fn open_breakers(conn: &mut PgConnection) -> sqlx::Result<Vec<crate::breaker::System>> {
+    let open: Vec<String> =
+        sqlx::query_scalar("SELECT system FROM breakers WHERE state <> 'closed'")
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(open
+        .iter()
+        .filter_map(|s| crate::breaker::System::parse(s))
+        .collect())
+}
+
+/// How many applications are past their deadline (those paused by an open circuit breaker
+/// aside).
 pub async fn count_overdue(pool: &PgPool, grace: Duration) -> sqlx::Result<i64> {
+    let mut conn = pool.acquire().await?;
+    if !open_breakers(&mut conn).await?.is_empty() {
+        let all = overdue(&mut conn, grace, i64::MAX, false).await?;
+        return Ok(all.iter().filter(|o| o.paused_by.is_none()).count() as i64);
+    }
+    drop(conn);
     let sql = format!(
         "SELECT count(*) FROM applications a LEFT JOIN phone_confirmations pc USING (application_id)
          WHERE a.status IN {UNFINISHED} AND a.kind IS NOT NULL
@@ -239,6 +271,10 @@ pub async fn repair(pool: &PgPool, grace: Duration) -> sqlx::Result<Round> {
         ..Round::default()
     };
     for found in overdue(&mut tx, grace, ROUND_LIMIT, true).await? {
+        if found.paused_by.is_some() {
+            // Its step waits for an open breaker: the work is in its queue, not lost.
+            continue;
+        }
         let Some(item) = found.waits_for.work_item(found.application_id) else {
             round.unrepairable.push(found);
             continue;

@@ -382,4 +382,9 @@ pub mod metrics {
     /// Gauge: 1 for each external system (`service`: mvd, sms) this process's built-in
     /// simulator stands in for (`MVD_URL=sim`, `SMS_URL=sim`, `uidflow run --simulators`).
     pub const SIMULATORS: &str = "uidflow_simulators";
+    /// Gauge: 1 while the circuit breaker of `service` (mvd, sms) is open or half-open.
+    pub const BREAKER_OPEN: &str = "uidflow_breaker_open";
+    /// Counter of work items put back with their attempt untouched because the breaker of
+    /// `service` was open (the attempts the breaker saved).
+    pub const BREAKER_SAVED_ATTEMPTS_TOTAL: &str = "uidflow_breaker_saved_attempts_total";
 }

@@ -904,6 +904,23 @@ async fn readyz(State(state): State<ApiState>) -> Response {
         }
         Err(e) => failed("broker", &e),
     };
+    // The circuit breakers (not a readiness check: an open one means the work waits, the
+    // process is fine): `closed`, `open` or `half_open` per external system.
+    let mut breakers = serde_json::Map::new();
+    if database == "ok" && migrations == "ok" {
+        let states = async {
+            let mut conn = state.pool.acquire().await?;
+            crate::breaker::states(&mut conn).await
+        };
+        match states.await {
+            Ok(states) => {
+                for (system, breaker, _) in states {
+                    breakers.insert(system.as_str().into(), breaker.as_str().into());
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the circuit breakers"),
+        }
+    }
     let ready = [database, migrations, broker].iter().all(|c| *c == "ok");
     let status = if ready {
         StatusCode::OK
@@ -912,6 +929,6 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     };
     let body = json!({"status": if ready { "ready" } else { "not_ready" },
         "checks": {"database": database, "broker": broker, "migrations": migrations},
-        "simulators": state.settings.simulated.names()});
+        "simulators": state.settings.simulated.names(), "breakers": breakers});
     (status, Json(body)).into_response()
 }

@@ -15,6 +15,11 @@
 //! `RETRY_DELAYS` with jitter, never earlier than a `Retry-After`), with a history note, and acks.
 //! After the last attempt, or at once for a permanent failure, the work item is parked and the
 //! application is `failed`. A step never sees the broker and never acks.
+//!
+//! A step that calls an external system (`breaker::system_of`) is guarded by its shared
+//! circuit breaker (`crate::breaker`): while it is open the step's consumer takes nothing, a
+//! delivery that still comes is put back with its attempt untouched, and so is the one whose
+//! transient failure opened it (or failed while it was open): an outage spends no attempts.
 
 mod error;
 
@@ -30,6 +35,7 @@ pub use error::StepError;
 
 use crate::amqp::Outgoing;
 use crate::applications::{self, Loaded};
+use crate::breaker::{self, Admit, Breakers, Call, System};
 use crate::config::{Settings, format_duration};
 use crate::consumer::{self, ConsumerConfig, Handled, Handler, Message};
 use crate::dead_letters::{self, ErrorKind, Parked};
@@ -108,12 +114,14 @@ pub trait Step: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Outcome, StepError>> + Send;
 }
 
-/// Runs `step` on its queue until cancelled, `concurrency` deliveries at a time.
+/// Runs `step` on its queue until cancelled, `concurrency` deliveries at a time; a step that
+/// calls an external system follows that system's breaker in `breakers`.
 pub async fn run<S: Step>(
     settings: Settings,
     pool: PgPool,
     step: S,
     concurrency: u16,
+    breakers: Arc<Breakers>,
     token: CancellationToken,
 ) {
     let config = ConsumerConfig {
@@ -121,14 +129,18 @@ pub async fn run<S: Step>(
         queue: step_queue(S::NAME),
         prefetch: concurrency,
     };
+    let system = breaker::system_of(S::NAME);
+    let gate = system.map(|system| breakers.flow(system));
     let runner = Arc::new(StepRunner {
         cx: StepContext {
             settings: settings.clone(),
             pool,
         },
         step,
+        breakers,
+        system,
     });
-    consumer::run(settings, config, runner, token).await;
+    consumer::run_gated(settings, config, runner, gate, token).await;
 }
 
 /// Adds the hand-off of `item` to its step's queue (or a wait queue) to the outbox.
@@ -218,6 +230,9 @@ pub const MAX_HELD_WAIT: Duration = Duration::from_secs(1);
 struct StepRunner<S: Step> {
     cx: StepContext,
     step: S,
+    breakers: Arc<Breakers>,
+    /// The external system the step calls (its breaker).
+    system: Option<System>,
 }
 
 impl<S: Step> Handler for StepRunner<S> {
@@ -265,7 +280,6 @@ impl<S: Step> StepRunner<S> {
     /// One attempt of the step for a decoded work item.
     async fn attempt(&self, message: &Message, item: WorkItem) -> anyhow::Result<&'static str> {
         let pool = &self.cx.pool;
-        let id = item.application_id;
         if let Some(not_before) = item.not_before {
             let left = (not_before - Utc::now()).to_std().unwrap_or_default();
             if item.purpose.is_run()
@@ -283,6 +297,38 @@ impl<S: Step> StepRunner<S> {
             // `Retry-After`).
             tokio::time::sleep(left.min(MAX_HELD_WAIT)).await;
         }
+        // The breaker: no call while it is open (nor a second probe), and the attempt is kept.
+        let permit = match self.system {
+            Some(system) if item.purpose.is_run() => match self.breakers.admit(system) {
+                Admit::Go(permit) => permit,
+                Admit::Refuse => return self.put_back(&item, system, None).await,
+            },
+            _ => None,
+        };
+        let (result, call) = breaker::watching_calls(self.attempt_admitted(message, item)).await;
+        if let Some(system) = self.system {
+            // What `failed` did not handle: an answer (success, or a permanent failure).
+            let reported = match call {
+                Some(Call::Answered) => self.breakers.success(system).await,
+                Some(Call::Failed) => self.breakers.failure(system).await,
+                None => Ok(()),
+            };
+            if let Err(error) = reported {
+                tracing::warn!(error = %error, "cannot update the circuit breaker");
+            }
+        }
+        drop(permit);
+        result
+    }
+
+    /// The attempt once the breaker let it call.
+    async fn attempt_admitted(
+        &self,
+        message: &Message,
+        item: WorkItem,
+    ) -> anyhow::Result<&'static str> {
+        let pool = &self.cx.pool;
+        let id = item.application_id;
         // A step that calls out makes its call before the lock, after an unlocked look at
         // whose turn it is (the locked one below decides; this one only spares the call).
         let prepared = if S::CALLS_OUT {
@@ -430,6 +476,51 @@ impl<S: Step> StepRunner<S> {
         Ok("invalid")
     }
 
+    /// Puts `item` back, attempt untouched, because the breaker of `system` is open: through
+    /// the shortest wait queue (so a consumer that has not paused yet does not spin on it).
+    /// `failed_with`: the failure of the call that opened it, noted in the history.
+    async fn put_back(
+        &self,
+        item: &WorkItem,
+        system: System,
+        failed_with: Option<&str>,
+    ) -> anyhow::Result<&'static str> {
+        let mut tx = self.cx.pool.begin().await?;
+        self.put_back_in(&mut tx, item, system, failed_with).await?;
+        crate::outbox::commit(tx, &self.cx.pool).await?;
+        Ok("breaker_open")
+    }
+
+    /// [`Self::put_back`] in `tx`.
+    async fn put_back_in(
+        &self,
+        tx: &mut PgConnection,
+        item: &WorkItem,
+        system: System,
+        failed_with: Option<&str>,
+    ) -> sqlx::Result<()> {
+        let delays = &self.cx.settings.retry_delays;
+        let ttl = delays
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        Breakers::saved(tx, system).await?;
+        enqueue_work(tx, item, Some(Wait::Retry(ttl))).await?;
+        if let Some(why) = failed_with {
+            let detail = format!(
+                "attempt {} failed ({why}); not counted: {} is unavailable and its circuit breaker is open, so the step waits for it",
+                item.attempt,
+                system.describe()
+            );
+            applications::note(tx, item.application_id, S::NAME, &detail).await?;
+            tracing::warn!(error = %why, system = system.as_str(), "step failed with its breaker open; put back, attempt not counted");
+        } else {
+            tracing::debug!(system = system.as_str(), "breaker open; put back");
+        }
+        Ok(())
+    }
+
     async fn failed(
         &self,
         message: &Message,
@@ -437,6 +528,20 @@ impl<S: Step> StepRunner<S> {
         error: StepError,
     ) -> anyhow::Result<&'static str> {
         let mut tx = self.cx.pool.begin().await?;
+        // A transient failure of the external call counts on the breaker, in this transaction
+        // (which then holds the breaker's row until it commits); if the breaker is (now) open,
+        // the attempt is not spent: the item goes back as it came.
+        if let (StepError::Transient { source, .. }, Some(system), Some(Call::Failed)) =
+            (&error, self.system, breaker::last_call())
+        {
+            breaker::clear_call();
+            if self.breakers.failure_in(&mut tx, system).await? {
+                let why = format!("{source:#}");
+                self.put_back_in(&mut tx, item, system, Some(&why)).await?;
+                crate::outbox::commit(tx, &self.cx.pool).await?;
+                return Ok("breaker_open");
+            }
+        }
         let id = item.application_id;
         let label = match &error {
             StepError::Transient {

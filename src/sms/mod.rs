@@ -78,6 +78,7 @@ impl SmsClient {
         let started = std::time::Instant::now();
         let result = self.send_once(message_id, phone, text).await;
         crate::telemetry::observe_call(SERVICE, started, &result);
+        crate::breaker::note_call(&result);
         result
     }
 

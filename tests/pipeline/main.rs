@@ -3,6 +3,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod breaker;
 mod duplicates;
 mod forged;
 mod kinds;

@@ -754,7 +754,8 @@ async fn confirm(
 
 async fn overview_page(State(state): State<ApiState>, me: Me) -> Result<Response, PageError> {
     me.operator()?;
-    let data = overview::gather(&state.pool, &state.sampler, state.settings.reconcile_grace).await?;
+    let data =
+        overview::gather(&state.pool, &state.sampler, state.settings.reconcile_grace).await?;
     Ok(render(
         StatusCode::OK,
         "overview.html",
@@ -765,7 +766,8 @@ async fn overview_page(State(state): State<ApiState>, me: Me) -> Result<Response
 
 async fn overview_live(State(state): State<ApiState>, me: Me) -> Result<Response, PageError> {
     me.operator()?;
-    let data = overview::gather(&state.pool, &state.sampler, state.settings.reconcile_grace).await?;
+    let data =
+        overview::gather(&state.pool, &state.sampler, state.settings.reconcile_grace).await?;
     Ok(render(
         StatusCode::OK,
         "overview_live.html",

@@ -42,6 +42,11 @@ pub struct ChaosArgs {
     /// The short form (what CI runs): about a minute of faults, a few of each kind.
     #[arg(long)]
     pub short: bool,
+    /// The outages form instead (issue 12): production RETRY_DELAYS, the MVD down 5 min, then
+    /// the SMS gateway down 15 min (longer than all the retries), covered by the circuit
+    /// breakers; no kills, no broker or database restarts. With --short: seconds, not minutes.
+    #[arg(long)]
+    pub outages: bool,
     /// Print the report as JSON (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -114,6 +119,9 @@ struct Plan {
     /// `RECONCILE_GRACE` and `RECONCILE_INTERVAL` of the workers.
     reconcile_grace: &'static str,
     reconcile_interval: &'static str,
+    /// `BREAKER_FAILURES` and `BREAKER_PROBE_INTERVAL` of the workers.
+    breaker_failures: u32,
+    breaker_probe: &'static str,
     retry_after: Duration,
     phone_code_ttl: &'static str,
     http_timeout: Duration,
@@ -142,6 +150,8 @@ impl Plan {
             retry_delays: "1s,2s,4s,8s,15s",
             reconcile_grace: "5s",
             reconcile_interval: "1s",
+            breaker_failures: uidflow::breaker::DEFAULT_FAILURES,
+            breaker_probe: "5s",
             retry_after: s(2),
             phone_code_ttl: "5m",
             http_timeout: s(2),
@@ -173,6 +183,8 @@ impl Plan {
             retry_delays: "2s,10s,30s,1m,2m,4m",
             reconcile_grace: "30s",
             reconcile_interval: "5s",
+            breaker_failures: uidflow::breaker::DEFAULT_FAILURES,
+            breaker_probe: "30s",
             retry_after: s(10),
             phone_code_ttl: "10m",
             http_timeout: s(5),
@@ -180,11 +192,62 @@ impl Plan {
         }
     }
 
-    fn from_args(args: &ChaosArgs) -> Result<Self, String> {
-        let mut plan = if args.short {
-            Self::short()
+    /// The outages form (issue 12): outages far longer than the retries, and nothing else.
+    fn outages(short: bool) -> Self {
+        let s = Duration::from_secs;
+        if short {
+            Self {
+                form: "outages-short",
+                rate: 4.0,
+                kills: 0,
+                sequence: vec![Fault::MvdDown(s(5)), Fault::SmsDown(s(15))],
+                lead_in: s(3),
+                gap: s(2),
+                tail: s(3),
+                // Five attempts over 2.4 s (less jitter): each outage is several times longer.
+                retry_delays: "150ms,300ms,600ms,1200ms",
+                breaker_failures: uidflow::breaker::DEFAULT_FAILURES,
+                breaker_probe: "1s",
+                reconcile_grace: "5s",
+                reconcile_interval: "1s",
+                retry_after: s(2),
+                phone_code_ttl: "5m",
+                http_timeout: s(2),
+                settle: s(120),
+            }
         } else {
-            Self::long()
+            Self {
+                form: "outages",
+                rate: 1.5,
+                kills: 0,
+                sequence: vec![Fault::MvdDown(s(300)), Fault::SmsDown(s(900))],
+                lead_in: s(20),
+                gap: s(30),
+                tail: s(30),
+                retry_delays: uidflow::config::DEFAULT_RETRY_DELAYS,
+                breaker_failures: uidflow::breaker::DEFAULT_FAILURES,
+                breaker_probe: "30s",
+                reconcile_grace: "30s",
+                reconcile_interval: "5s",
+                retry_after: s(10),
+                phone_code_ttl: "30m",
+                http_timeout: s(5),
+                settle: s(900),
+            }
+        }
+    }
+
+    /// Whether the circuit breakers cover an outage of any length: a single application's
+    /// attempts are enough to open its breaker (then no attempt is spent until it closes).
+    fn breakers_cover_outages(&self) -> bool {
+        self.delays().len() + 1 >= self.breaker_failures as usize
+    }
+
+    fn from_args(args: &ChaosArgs) -> Result<Self, String> {
+        let mut plan = match (args.outages, args.short) {
+            (true, short) => Self::outages(short),
+            (false, true) => Self::short(),
+            (false, false) => Self::long(),
         };
         if let Some(kills) = args.kills {
             plan.kills = kills;
@@ -210,18 +273,23 @@ impl Plan {
             }
         }
         // Every step's retries must outlast the longest outage of an outside service, or its
-        // applications fail by design: the shortest total wait (each delay less 20 % jitter).
+        // applications fail by design: the shortest total wait (each delay less 20 % jitter)
+        // — unless the circuit breakers cover the outages (they open before the attempts run
+        // out, and then no attempt is spent).
         let budget = plan.retry_budget();
         let longest = plan
             .sequence
             .iter()
             .filter_map(|f| match f {
-                Fault::SmsDown(d) | Fault::Mvd429(d) | Fault::LoseMessages(d) => Some(*d),
+                Fault::SmsDown(d)
+                | Fault::Mvd429(d)
+                | Fault::MvdDown(d)
+                | Fault::LoseMessages(d) => Some(*d),
                 _ => None,
             })
             .max()
             .unwrap_or_default();
-        if longest.mul_f64(1.2) > budget {
+        if longest.mul_f64(1.2) > budget && !plan.breakers_cover_outages() {
             return Err(format!(
                 "an outage of {longest:?} outlasts the retries of the {} form (RETRY_DELAYS={}: at least {budget:?}); choose a shorter one",
                 plan.form, plan.retry_delays
@@ -303,6 +371,8 @@ async fn drive(
         Arc::new(Switchable::start(any, Router::new().nest("/sms", sims.sms().router())).await?);
     let extra = [
         ("RETRY_DELAYS", plan.retry_delays.to_owned()),
+        ("BREAKER_FAILURES", plan.breaker_failures.to_string()),
+        ("BREAKER_PROBE_INTERVAL", plan.breaker_probe.to_owned()),
         ("PHONE_CODE_TTL", plan.phone_code_ttl.to_owned()),
         ("RECONCILE_GRACE", plan.reconcile_grace.to_owned()),
         ("RECONCILE_INTERVAL", plan.reconcile_interval.to_owned()),
@@ -525,6 +595,20 @@ async fn drive(
     );
     checks.push(faults_check(&planned, &injected, &fault_errors));
     checks.push(effects_check(&pool, &injected).await?);
+    let breakers = breaker_figures(&pool).await?;
+    let spent_while_open = breakers["attempts_spent_while_open"].as_i64().unwrap_or(-1);
+    let saved = breakers["attempts_saved"].as_i64().unwrap_or(0);
+    let outlasting = injected.iter().any(|i| {
+        ["sms_down", "mvd_down"].contains(&i.kind) && i.seconds > plan.retry_budget().as_secs_f64()
+    });
+    checks.push(accounting_check(
+        "breakers_spent_no_attempt_while_open",
+        spent_while_open == 0 && (!outlasting || saved > 0),
+        format!(
+            "attempts spent while a breaker was open: {spent_while_open}; attempts saved (put back with their attempt untouched): {saved}; breakers opened: {}",
+            breakers["opened"]
+        ),
+    ));
     checks.push(accounting_check(
         "services_restored",
         broker_back && database_back,
@@ -555,6 +639,8 @@ async fn drive(
             "concurrency": args.concurrency,
             "rate_per_second": plan.rate,
             "retry_delays": plan.retry_delays,
+            "breaker_failures": plan.breaker_failures,
+            "breaker_probe_interval": plan.breaker_probe,
             "retry_budget_seconds": plan.retry_budget().as_secs_f64(),
             "phone_code_ttl": plan.phone_code_ttl,
             "http_timeout": format_duration(plan.http_timeout),
@@ -579,6 +665,7 @@ async fn drive(
             "codes_typed": counters.codes_typed.load(std::sync::atomic::Ordering::Relaxed),
             "codes_typed_again": counters.codes_retyped.load(std::sync::atomic::Ordering::Relaxed),
         },
+        "breakers": breakers,
         "checks": checks,
     });
     if let (Value::Object(report), Value::Object(figures)) = (&mut report, figures) {
@@ -721,6 +808,7 @@ fn faults_check(
         "sms_down",
         "mvd_429",
         "lose_messages",
+        "mvd_down",
     ];
     let mut short = Vec::new();
     for kind in kinds {
@@ -788,6 +876,11 @@ async fn effects_check(
             }
         }
     }
+    let mvd_down: u64 = injected
+        .iter()
+        .filter(|i| i.kind == "mvd_down")
+        .filter_map(|i| i.requests)
+        .sum();
     let lost: u64 = injected
         .iter()
         .filter(|i| i.kind == "lose_messages")
@@ -798,13 +891,38 @@ async fn effects_check(
     )
     .fetch_one(pool)
     .await?;
+    let had = |kind: &str| injected.iter().any(|i| i.kind == kind);
+    // With the circuit breakers, an SMS outage fails only the calls made before the breaker
+    // opened (either step's); both steps must have met it only when it was long enough.
+    let sms_ok = !had("sms_down") || codes + passwords > 0;
+    let lost_ok = !had("lose_messages") || (lost > 0 && revived > 0);
     Ok(accounting::Check {
         name: "faults_had_effect",
-        ok: rate_limited > 0 && codes > 0 && passwords > 0 && lost > 0 && revived > 0,
+        ok: (!had("mvd_429") || rate_limited > 0)
+            && (!had("mvd_down") || mvd_down > 0)
+            && sms_ok
+            && lost_ok,
         detail: format!(
-            "the MVD answered {rate_limited} requests with 429; while the SMS gateway was down {codes} confirm-phone and {passwords} send-sms attempts failed; the broker lost {lost} messages and the reconciler revived {revived} applications"
+            "the MVD answered {rate_limited} requests with 429 and {mvd_down} with 503 (down); while the SMS gateway was down {codes} confirm-phone and {passwords} send-sms attempts failed; the broker lost {lost} messages and the reconciler revived {revived} applications"
         ),
     })
+}
+
+/// The circuit breakers' figures: how often each opened, the attempts they saved, and the
+/// attempts spent while one was open (the figure that must stay 0).
+async fn breaker_figures(pool: &sqlx::PgPool) -> anyhow::Result<Value> {
+    let rows: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT system, opened_total, saved_attempts FROM breakers ORDER BY system")
+            .fetch_all(pool)
+            .await?;
+    let mut conn = pool.acquire().await?;
+    let spent = uidflow::breaker::spent_while_open(&mut conn).await?;
+    Ok(json!({
+        "opened": rows.iter().map(|(s, o, _)| (s.clone(), json!(o))).collect::<serde_json::Map<_, _>>(),
+        "saved_by_system": rows.iter().map(|(s, _, v)| (s.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "attempts_saved": rows.iter().map(|(_, _, v)| v).sum::<i64>(),
+        "attempts_spent_while_open": spent,
+    }))
 }
 
 fn print_report(report: &Value) {
@@ -868,6 +986,11 @@ fn print_report(report: &Value) {
         sms["uncommitted"],
         sms["uncommitted_unexplained"]
     );
+    let breakers = &report["breakers"];
+    println!(
+        "  circuit breakers: opened {}; attempts saved {}; attempts spent while a breaker was open {}",
+        breakers["opened"], breakers["attempts_saved"], breakers["attempts_spent_while_open"]
+    );
     println!("  worker exits: {}", report["workers"]["exits_by_cause"]);
     println!("  checks:");
     for check in report["checks"].as_array().into_iter().flatten() {
@@ -887,6 +1010,7 @@ mod tests {
     fn args(short: bool) -> ChaosArgs {
         ChaosArgs {
             short,
+            outages: false,
             json: false,
             rabbitmq_node: Vec::new(),
             pg_cluster: "15/main".into(),
@@ -944,15 +1068,55 @@ mod tests {
     }
 
     #[test]
-    fn an_sms_outage_longer_than_the_retries_is_refused() {
-        let mut too_long = args(true);
-        too_long.sms_down = Some(Duration::from_secs(60));
-        assert!(Plan::from_args(&too_long).is_err());
+    fn an_outage_longer_than_the_retries_is_refused_unless_the_breakers_cover_it() {
+        // The breakers open within a single application's attempts: any length goes.
+        let mut long_outage = args(true);
+        long_outage.sms_down = Some(Duration::from_secs(60));
+        let plan = Plan::from_args(&long_outage).unwrap();
+        assert!(plan.breakers_cover_outages());
+        // Breakers that would open only after more failures than one application's attempts
+        // do not cover it: refused, as before the breakers.
+        let mut plan = Plan::short();
+        plan.breaker_failures = 7;
+        assert!(!plan.breakers_cover_outages());
         let mut fine = args(true);
         fine.sms_down = Some(Duration::from_secs(15));
         assert!(Plan::from_args(&fine).is_ok());
         let mut rate = args(true);
         rate.rate = Some(0.0);
         assert!(Plan::from_args(&rate).is_err());
+    }
+
+    #[test]
+    fn the_outages_forms_take_the_issues_figures_and_restart_nothing() {
+        for short in [true, false] {
+            let mut outages = args(short);
+            outages.outages = true;
+            let plan = Plan::from_args(&outages).unwrap();
+            assert_eq!(plan.kills, 0);
+            assert!(plan.breakers_cover_outages());
+            let kinds: Vec<&str> = plan.sequence.iter().map(|f| f.kind()).collect();
+            assert_eq!(kinds, ["mvd_down", "sms_down"], "no restarts, no kills");
+            // The SMS outage outlasts all the retries (in the long form the MVD's 5 minutes
+            // do not: production's retries last about 13 minutes).
+            let budget = plan.retry_budget();
+            let sms = plan
+                .sequence
+                .iter()
+                .find(|f| f.kind() == "sms_down")
+                .unwrap();
+            assert!(sms.length() > budget, "{} form", plan.form);
+        }
+        let mut long = args(false);
+        long.outages = true;
+        let long = Plan::from_args(&long).unwrap();
+        assert_eq!(long.retry_delays, "1s,5s,30s,2m,10m");
+        assert_eq!(
+            long.sequence,
+            [
+                Fault::MvdDown(Duration::from_secs(300)),
+                Fault::SmsDown(Duration::from_secs(900))
+            ]
+        );
     }
 }

@@ -67,26 +67,51 @@ pub async fn start(
         .map(|u| u.as_str().trim_end_matches('/').to_owned())
         .unwrap_or_default();
     let hash_params = settings.hash_params;
+    // One view of the shared circuit breakers per process, for the steps that call out.
+    let uses: std::collections::BTreeSet<_> = options
+        .parts
+        .iter()
+        .filter_map(|part| uidflow::breaker::system_of(part.as_str()))
+        .collect();
+    let breakers = uidflow::breaker::Breakers::new(pool.clone(), settings.breaker, uses.clone());
+    if !uses.is_empty() {
+        let breakers = std::sync::Arc::clone(&breakers);
+        system.spawn(move |token| breakers.run(token));
+    }
     for part in &options.parts {
         let (settings, pool) = (settings.clone(), pool.clone());
+        let breakers = std::sync::Arc::clone(&breakers);
         let concurrency = options.concurrency_of(*part);
         match part {
             Part::VerifyIdentity => {
                 let step = verify_identity::VerifyIdentity::new(&mvd_url, http.clone());
-                system.spawn(move |token| runtime::run(settings, pool, step, concurrency, token));
+                system.spawn(move |token| {
+                    runtime::run(settings, pool, step, concurrency, breakers, token)
+                });
             }
             Part::ConfirmPhone => {
                 let step = confirm_phone::ConfirmPhone::new(&sms_url, http.clone(), hash_params);
-                system.spawn(move |token| runtime::run(settings, pool, step, concurrency, token));
+                system.spawn(move |token| {
+                    runtime::run(settings, pool, step, concurrency, breakers, token)
+                });
             }
             Part::Register => {
                 system.spawn(move |token| {
-                    runtime::run(settings, pool, registry::Register, concurrency, token)
+                    runtime::run(
+                        settings,
+                        pool,
+                        registry::Register,
+                        concurrency,
+                        breakers,
+                        token,
+                    )
                 });
             }
             Part::SendSms => {
                 let step = send_sms::SendSms::new(&sms_url, http.clone(), hash_params);
-                system.spawn(move |token| runtime::run(settings, pool, step, concurrency, token));
+                system.spawn(move |token| {
+                    runtime::run(settings, pool, step, concurrency, breakers, token)
+                });
             }
             Part::PhoneConfirmation => {
                 system.spawn(move |token| {

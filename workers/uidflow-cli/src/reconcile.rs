@@ -110,7 +110,13 @@ fn print_table(rows: &[Overdue]) {
             row.kind.as_str(),
             row.status.as_str(),
             format_duration(Duration::from_secs(late.as_secs())),
-            crate::terminal::escape(&row.waits_for.describe()),
+            crate::terminal::escape(&match row.paused_by {
+                Some(system) => format!(
+                    "{} (paused: the {system} breaker is open)",
+                    row.waits_for.describe()
+                ),
+                None => row.waits_for.describe(),
+            }),
         );
     }
 }

@@ -164,17 +164,22 @@ fn the_short_form_loses_nothing_doubles_nothing_and_restores_the_services() {
         env!("CARGO_TARGET_TMPDIR")
     );
 
-    // Both services answer again (the command waited for them; check it did).
-    let node = std::env::var("CHAOS_RABBITMQ_NODE").ok();
-    answers("RabbitMQ", || {
-        let mut ctl = Command::new("rabbitmqctl");
-        if let Some(node) = &node {
-            ctl.args(["-n", node]);
-        }
-        ctl.args(["await_startup", "--timeout", "5"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
+    // Both services answer again, every node of a cluster (the command waited for them;
+    // check it did).
+    let nodes: Vec<String> = std::env::var("CHAOS_RABBITMQ_NODE")
+        .map(|list| list.split(',').map(str::to_owned).collect())
+        .unwrap_or_else(|_| vec![String::new()]);
+    for node in &nodes {
+        answers(&format!("RabbitMQ {node}"), || {
+            let mut ctl = Command::new("rabbitmqctl");
+            if !node.is_empty() {
+                ctl.args(["-n", node]);
+            }
+            ctl.args(["await_startup", "--timeout", "5"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    }
     let cluster = std::env::var("CHAOS_PG_CLUSTER").unwrap_or_else(|_| "15/main".into());
     let port = Command::new("pg_lsclusters")
         .arg("--no-header")

@@ -115,6 +115,7 @@ impl Step for VerifyIdentity {
             .verify(application.application_id, &request_for(application))
             .await;
         uidflow::telemetry::observe_call("mvd", started, &result);
+        uidflow::breaker::note_call(&result);
         result
     }
 

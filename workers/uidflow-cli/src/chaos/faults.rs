@@ -34,6 +34,8 @@ pub enum Fault {
     /// wait queues), then every step and wait queue is purged and one step queue deleted; the
     /// reconciler must revive what was lost.
     LoseMessages(Duration),
+    /// The MVD answers every request 503 for this long (an outage).
+    MvdDown(Duration),
 }
 
 impl Fault {
@@ -47,10 +49,11 @@ impl Fault {
             Fault::SmsDown(_) => "sms_down",
             Fault::Mvd429(_) => "mvd_429",
             Fault::LoseMessages(_) => "lose_messages",
+            Fault::MvdDown(_) => "mvd_down",
         }
     }
 
-    fn length(self) -> Duration {
+    pub(crate) fn length(self) -> Duration {
         match self {
             Fault::Kill9 => Duration::ZERO,
             // Its exit and restart take a few seconds.
@@ -60,6 +63,7 @@ impl Fault {
             | Fault::SmsDown(d)
             | Fault::Mvd429(d)
             | Fault::LoseMessages(d) => d,
+            Fault::MvdDown(d) => d,
         }
     }
 }
@@ -109,7 +113,7 @@ pub fn schedule(
 #[derive(Debug, Clone, Serialize)]
 pub struct Injected {
     /// `kill_9`, `sigterm`, `rabbitmq_restart`, `postgres_restart`, `sms_down`, `mvd_429`,
-    /// `lose_messages`.
+    /// `lose_messages`, `mvd_down`.
     pub kind: &'static str,
     /// Seconds since the run started.
     pub at: f64,
@@ -218,6 +222,10 @@ impl Injector {
                     Ok(())
                 }
                 Fault::LoseMessages(length) => self.lose_messages(length).await,
+                Fault::MvdDown(length) => {
+                    self.mvd_down(length).await;
+                    Ok(())
+                }
                 Fault::Kill9 | Fault::Sigterm => Ok(()),
             };
             if let Err(error) = outcome {
@@ -434,6 +442,23 @@ impl Injector {
         tokio::time::sleep(length).await;
         self.sims.set_mvd_faults(normal);
         let mut injected = self.injected("mvd_429", at, started);
+        injected.requests = Some(self.sims.mvd_requests() - before);
+        self.record(injected);
+    }
+
+    async fn mvd_down(&self, length: Duration) {
+        let (at, started) = (self.now(), Utc::now());
+        eprintln!("chaos: [{at:>6.1}s] MVD down (answers 503)");
+        let before = self.sims.mvd_requests();
+        let normal = self.sims.mvd_faults();
+        self.sims.set_mvd_faults(Faults {
+            outage: true,
+            ..normal.clone()
+        });
+        // The length of the outage: chosen, not a wait for a condition.
+        tokio::time::sleep(length).await;
+        self.sims.set_mvd_faults(normal);
+        let mut injected = self.injected("mvd_down", at, started);
         injected.requests = Some(self.sims.mvd_requests() - before);
         self.record(injected);
     }
