@@ -1087,15 +1087,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_template_renders_without_data() {
-        for name in [
-            "sign_in.html",
-            "error.html",
-            "applications.html",
-            "overview.html",
-            "dead_letters.html",
-            "audit.html",
-        ] {
+    fn the_pages_that_need_no_data_render_without_a_session() {
+        // The pages with data are rendered with real data by tests/api/console.rs and in a
+        // browser by deploy/console-test.
+        for name in ["sign_in.html", "error.html"] {
             let html = TEMPLATES
                 .get_template(name)
                 .and_then(|t| t.render(context! { me => None::<()> }))
