@@ -550,34 +550,6 @@ fn summary_of(row: &sqlx::postgres::PgRow) -> DeadLetterSummary {
     }
 }
 
-/// One page of dead letters, newest first, with ids below `before`; `state` `None` = all.
-pub async fn list(
-    pool: &PgPool,
-    state: Option<&str>,
-    limit: i64,
-    before: Option<i64>,
-) -> sqlx::Result<(Vec<DeadLetterSummary>, Option<i64>)> {
-    let sql = format!(
-        "SELECT {SUMMARY_COLUMNS} FROM dead_letters
-         WHERE ($1::text IS NULL OR state = $1) AND ($2::bigint IS NULL OR id < $2)
-         ORDER BY id DESC LIMIT $3"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(state)
-        .bind(before)
-        .bind(limit + 1)
-        .fetch_all(pool)
-        .await?;
-    let more = rows.len() as i64 > limit;
-    let page: Vec<DeadLetterSummary> = rows.iter().take(limit as usize).map(summary_of).collect();
-    let next = if more {
-        page.last().map(|d| d.id)
-    } else {
-        None
-    };
-    Ok((page, next))
-}
-
 /// One dead letter with its message; `None` if unknown.
 pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeadLetterDetail>> {
     use sqlx::Row;
@@ -1047,7 +1019,7 @@ fn prefixed_summary_columns() -> String {
 }
 
 /// One page of the dead letters `filter` selects, newest first, with ids below `before`.
-pub async fn list_filtered(
+pub async fn list(
     pool: &PgPool,
     filter: &Filter,
     limit: i64,
@@ -1154,7 +1126,7 @@ pub async fn bulk_preview(
     let through_id: Option<i64> = row.get("through_id");
     let replayable: i64 = row.get("replayable");
     filter.through_id = through_id.or(Some(0));
-    let (items, _) = list_filtered(pool, &filter, shown.max(1), None).await?;
+    let (items, _) = list(pool, &filter, shown.max(1), None).await?;
     Ok(BulkPreview {
         action,
         count,

@@ -674,8 +674,7 @@ async fn list_dead_letters(
             })?),
             None => None,
         };
-    let (items, next) =
-        dead_letters::list_filtered(&state.pool, &filter, limit_of(&query)?, before).await?;
+    let (items, next) = dead_letters::list(&state.pool, &filter, limit_of(&query)?, before).await?;
     let next_cursor = next.map(|id| encode_cursor(&json!({"before": id})));
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})).into_response())
 }

@@ -28,15 +28,12 @@ impl Kind {
         }
     }
 
+    /// Every kind.
+    pub const ALL: [Kind; 4] = [Kind::Issue, Kind::Block, Kind::Unblock, Kind::ChangePhone];
+
     /// Parses the contract's spelling.
     pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "issue" => Some(Kind::Issue),
-            "block" => Some(Kind::Block),
-            "unblock" => Some(Kind::Unblock),
-            "change_phone" => Some(Kind::ChangePhone),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
     }
 
     /// True for the kinds that carry (and must confirm) a phone number.
@@ -82,20 +79,21 @@ impl Status {
         }
     }
 
+    /// Every status, in the order of an application's way.
+    pub const ALL: [Status; 8] = [
+        Status::Received,
+        Status::VerifyingIdentity,
+        Status::AwaitingPhoneConfirmation,
+        Status::Registering,
+        Status::SendingPassword,
+        Status::Completed,
+        Status::Rejected,
+        Status::Failed,
+    ];
+
     /// Parses the contract's spelling.
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            Status::Received,
-            Status::VerifyingIdentity,
-            Status::AwaitingPhoneConfirmation,
-            Status::Registering,
-            Status::SendingPassword,
-            Status::Completed,
-            Status::Rejected,
-            Status::Failed,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == text)
+        Self::ALL.into_iter().find(|status| status.as_str() == text)
     }
 
     /// True for `completed`, `rejected` and `failed`.

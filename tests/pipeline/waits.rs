@@ -75,7 +75,9 @@ async fn a_retry_after_behind_hundreds_of_code_timers_runs_on_time() {
     app.wait_for_status(&id, "awaiting_phone_confirmation")
         .await;
     let waited = waited(&app, &id, "awaiting_phone_confirmation").await;
-    eprintln!("wait accuracy: Retry-After 2s behind 200 code timers (delays 200ms,400ms,800ms): the retry ran {waited:?} after the failure");
+    eprintln!(
+        "wait accuracy: Retry-After 2s behind 200 code timers (delays 200ms,400ms,800ms): the retry ran {waited:?} after the failure"
+    );
     assert!(
         waited >= Duration::from_secs(2) && waited <= Duration::from_secs(3),
         "the retry ran {waited:?} after the failure; Retry-After was 2s"
@@ -106,7 +108,9 @@ async fn a_retry_after_between_two_retry_delays_runs_on_time() {
         app.wait_for_status(&id, "rejected").await;
         let waited = waited(&app, &id, "rejected").await;
         let after = Duration::from_secs(after);
-        eprintln!("wait accuracy: Retry-After {after:?} between retry delays (1s,5s,30s), 50 code timers pending: the retry ran {waited:?} after the failure");
+        eprintln!(
+            "wait accuracy: Retry-After {after:?} between retry delays (1s,5s,30s), 50 code timers pending: the retry ran {waited:?} after the failure"
+        );
         assert!(
             waited >= after && waited <= after + Duration::from_secs(1),
             "the retry ran {waited:?} after the failure; Retry-After was {after:?}"

@@ -575,17 +575,17 @@ fn query_string(pairs: &[(&str, Option<String>)]) -> String {
     out.finish()
 }
 
-const STATUSES: [&str; 8] = [
-    "received",
-    "verifying_identity",
-    "awaiting_phone_confirmation",
-    "registering",
-    "sending_password",
-    "completed",
-    "rejected",
-    "failed",
-];
-const KINDS: [&str; 4] = ["issue", "block", "unblock", "change_phone"];
+/// The statuses and kinds a list can be filtered by.
+fn statuses() -> Vec<&'static str> {
+    crate::domain::Status::ALL
+        .map(crate::domain::Status::as_str)
+        .to_vec()
+}
+fn kinds() -> Vec<&'static str> {
+    crate::domain::Kind::ALL
+        .map(crate::domain::Kind::as_str)
+        .to_vec()
+}
 
 async fn applications_page(
     State(state): State<ApiState>,
@@ -658,7 +658,7 @@ async fn applications_page(
         context! {
             title => "Applications",
             items, next_link,
-            statuses => STATUSES, kinds => KINDS,
+            statuses => statuses(), kinds => kinds(),
             q => context! {
                 status => given(&query, "status"), kind => given(&query, "kind"),
                 service => given(&query, "service"), from => given(&query, "from"),
@@ -848,7 +848,7 @@ async fn dead_letters_page(
         ),
         None => None,
     };
-    let (items, next) = dead_letters::list_filtered(&state.pool, &filter, PAGE, before).await?;
+    let (items, next) = dead_letters::list(&state.pool, &filter, PAGE, before).await?;
     let pairs = filter_pairs(&query);
     let next_link = next.map(|id| {
         let mut pairs = pairs.clone();
