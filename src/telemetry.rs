@@ -35,6 +35,11 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&Url>) {
     init_with_default(format, otlp_endpoint, "info,lapin=warn,sqlx=warn");
 }
 
+/// True when stderr (where logs go) is a terminal: only then are log lines coloured.
+fn stderr_is_terminal() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
 /// [`init`] with another filter when `RUST_LOG` is unset (`uidflow bench` keeps to warnings).
 pub fn init_with_default(format: LogFormat, otlp_endpoint: Option<&Url>, default_filter: &str) {
     let filter =
@@ -44,8 +49,11 @@ pub fn init_with_default(format: LogFormat, otlp_endpoint: Option<&Url>, default
         otel::init(format, filter, endpoint);
         return;
     }
+    // Colours (escape codes) only on a terminal: a log piped to a file or a collector gets
+    // plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(stderr_is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.finish().with(caps()).try_init(),
@@ -180,8 +188,11 @@ pub(crate) mod otel {
         let layer = provider
             .as_ref()
             .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("uidflow")));
-        let text = (format == LogFormat::Text)
-            .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+        let text = (format == LogFormat::Text).then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_ansi(super::stderr_is_terminal())
+                .with_writer(std::io::stderr)
+        });
         let json = (format == LogFormat::Json).then(|| {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)

@@ -446,7 +446,10 @@ async fn list_applications(
     caller: Caller,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    unknown_parameters(&query, &["status", "kind", "limit", "cursor"])?;
+    unknown_parameters(
+        &query,
+        &["status", "kind", "limit", "cursor", "service", "from", "to"],
+    )?;
     let status = match query.get("status") {
         Some(text) => Some(
             Status::parse(text)
@@ -482,14 +485,31 @@ async fn list_applications(
         }
         None => None,
     };
+    let created = |key: &str| match query.get(key) {
+        None => Ok(None),
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| Some(t.to_utc()))
+            .map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "{key} {text:?} is not a date-time (RFC 3339, e.g. 2026-12-02T08:00:00Z)"
+                ))
+            }),
+    };
+    // A clerk sees their own service only: asking for another one finds nothing.
+    let service = query.get("service").cloned();
+    let issuing_service = match caller.role {
+        Role::Operator => service,
+        Role::Clerk if service.is_some() && service != caller.issuing_service => {
+            return Ok(Json(json!({"items": [], "next_cursor": null})).into_response());
+        }
+        Role::Clerk => caller.issuing_service.clone(),
+    };
     let filter = ListFilter {
         status,
         kind,
-        issuing_service: match caller.role {
-            Role::Operator => None,
-            Role::Clerk => caller.issuing_service.clone(),
-        },
-        ..ListFilter::default()
+        issuing_service,
+        created_from: created("from")?,
+        created_to: created("to")?,
     };
     let mut conn = state.pool.acquire().await?;
     let (items, next) = applications::list(&mut conn, &filter, limit_of(&query)?, after).await?;

@@ -4,7 +4,7 @@
 //! simulators' token from `SIM_TOKEN` or `.uidflow/sim.token`) and publish it as a phone
 //! confirmation. For demos and trials, not for production.
 
-use crate::terminal;
+use crate::terminal::{self, Column, Table};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -19,14 +19,16 @@ use uuid::Uuid;
 
 const ENDED: [&str; 3] = ["completed", "rejected", "failed"];
 
-/// Follows `ids` until they end or `timeout` passes; returns false if some did not end.
+/// Follows `ids` until they end or `timeout` passes, then prints their final statuses (a
+/// table, or nothing with `json`: the caller prints [`Followed::rows`]).
 pub async fn follow(
     settings: &Settings,
     publisher: &Publisher,
     ids: &[Uuid],
     confirm_codes: bool,
     timeout: Duration,
-) -> anyhow::Result<bool> {
+    json: bool,
+) -> anyhow::Result<Followed> {
     let pool = uidflow::db::connect(settings, 2).await?;
     let sms_url = settings
         .sms_url
@@ -52,22 +54,37 @@ pub async fn follow(
             .filter(|row| ENDED.contains(&row.status.as_str()))
             .count()
     };
+    // On a terminal one line redrawn in place; piped, a plain line whenever the counts change
+    // (no carriage return, no escape code in a log).
+    let redraw = terminal::progress_on_stderr();
+    let mut shown = String::new();
     loop {
         let mut counts = BTreeMap::<&str, usize>::new();
         for row in statuses.values() {
             *counts.entry(row.status.as_str()).or_default() += 1;
         }
-        let line: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
-        eprint!(
-            "\r\x1b[2K[{:>5.1}s] {}/{} ended · {}",
-            started.elapsed().as_secs_f64(),
+        let line: Vec<String> = counts
+            .iter()
+            .map(|(s, n)| format!("{} {n}", terminal::escape(s)))
+            .collect();
+        let progress = format!(
+            "{}/{} ended · {}",
             ended(&statuses),
             ids.len(),
             line.join(" · ")
         );
-        let _ = std::io::stderr().flush();
+        let elapsed = started.elapsed().as_secs_f64();
+        if redraw {
+            eprint!("\r\x1b[2K[{elapsed:>5.1}s] {progress}");
+            let _ = std::io::stderr().flush();
+        } else if progress != shown {
+            eprintln!("[{elapsed:>5.1}s] {progress}");
+        }
+        shown = progress;
         if ended(&statuses) == ids.len() || started.elapsed() > timeout {
-            eprintln!();
+            if redraw {
+                eprintln!();
+            }
             break;
         }
         if let Some(sms_url) = sms_url.as_deref().filter(|_| confirm_codes) {
@@ -103,23 +120,48 @@ pub async fn follow(
         tokio::time::sleep(Duration::from_millis(200)).await;
         statuses = load(&pool, ids).await?;
     }
-    println!(
-        "{:<36}  {:<12}  {:<11}  reason",
-        "application", "kind", "status"
-    );
+    let mut table = Table::new(&[
+        Column::fixed("application"),
+        Column::text("kind"),
+        Column::text("status"),
+        Column::text("reason"),
+    ]);
+    let mut rows = Vec::new();
     for id in ids {
-        match statuses.get(id) {
-            Some(row) => println!(
-                "{id}  {:<12}  {:<11}  {}",
-                terminal::escape(row.kind.as_deref().unwrap_or("-")),
-                terminal::escape(&row.status),
-                terminal::escape(row.reason.as_deref().unwrap_or(""))
-            ),
-            None => println!("{id}  {:<12}  {:<11}", "-", "(unknown)"),
+        let row = statuses.get(id);
+        rows.push(serde_json::json!({
+            "application_id": id,
+            "kind": row.and_then(|r| r.kind.as_deref()),
+            "status": row.map(|r| r.status.as_str()),
+            "reason": row.and_then(|r| r.reason.as_deref()),
+        }));
+        match row {
+            Some(row) => table.row([
+                id.to_string().as_str(),
+                row.kind.as_deref().unwrap_or("-"),
+                &row.status,
+                row.reason.as_deref().unwrap_or(""),
+            ]),
+            None => table.row([id.to_string().as_str(), "-", "(unknown)", ""]),
         }
     }
+    if !json {
+        table.print();
+    }
     pool.close().await;
-    Ok(ended(&statuses) == ids.len())
+    Ok(Followed {
+        ended: ended(&statuses) == ids.len(),
+        rows,
+    })
+}
+
+/// What following found: whether every application ended, and each one's final state
+/// (`application_id`, `kind`, `status`, `reason`; `status` null when unknown).
+pub struct Followed {
+    /// Every application ended in time.
+    pub ended: bool,
+    /// One object per application, in the order asked.
+    pub rows: Vec<Value>,
 }
 
 /// One application's progress.

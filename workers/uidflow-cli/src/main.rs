@@ -98,6 +98,10 @@ enum Command {
         /// With --follow: give up after this long.
         #[arg(long, value_parser = parse_wait, default_value = "2m")]
         timeout: Duration,
+        /// Print one JSON object (what was published and, with --follow, each application's
+        /// end) instead of lines and a table.
+        #[arg(long)]
+        json: bool,
     },
     /// What a clerk would see of applications: status, reason and history (masked).
     Status {
@@ -123,6 +127,20 @@ enum Command {
     /// The operator's dead-letter tools, through the HTTP API.
     #[command(name = "dead-letters")]
     DeadLetters(remote::DeadLetterArgs),
+    /// Applications through the HTTP API (a clerk sees their own service's), masked.
+    Apps(remote::AppsArgs),
+    /// Every queue's depth, consumers and rates, through the HTTP API (operator).
+    Queues {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The API's base URL (default `http://API_ADDR`).
+        #[arg(long)]
+        api: Option<String>,
+        /// An operator token (default `UIDFLOW_TOKEN`, else `.uidflow/tokens/operator.token`).
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// The applications past their deadline (nothing happened by the expected event plus
     /// RECONCILE_GRACE) and what each waits for; `--repair` sends their work items again.
     Reconcile {
@@ -191,7 +209,11 @@ enum TokensCommand {
         name: Option<String>,
     },
     /// List the tokens: name, role and issuing service (never a secret).
-    List,
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where `uidflow run --simulators` and `uidflow sim` write the simulators' token.
@@ -316,11 +338,13 @@ async fn command(cli: Cli) -> ExitCode {
             follow,
             confirm_codes,
             timeout,
+            json,
         } => {
             let follow = submit::Follow {
                 follow,
                 confirm_codes,
                 timeout,
+                json,
             };
             submit::run(&settings, &paths, routing_key.as_deref(), follow).await
         }
@@ -354,6 +378,16 @@ async fn command(cli: Cli) -> ExitCode {
                 Err(error) => Err(error),
             }
         }
+        Command::Apps(args) => {
+            match remote::Remote::new(args.api.clone(), args.token.clone(), &settings) {
+                Ok(remote) => remote::apps(&remote, &args).await,
+                Err(error) => Err(error),
+            }
+        }
+        Command::Queues { json, api, token } => match remote::Remote::new(api, token, &settings) {
+            Ok(remote) => remote::queues(&remote, json).await,
+            Err(error) => Err(error),
+        },
         Command::Sim {
             addr,
             latency,
@@ -499,12 +533,17 @@ fn tokens(settings: &Settings, command: TokensCommand) -> anyhow::Result<ExitCod
                 Err(error) => Ok(usage(&error)),
             }
         }
-        TokensCommand::List => {
+        TokensCommand::List { json } => {
             let entries = match auth::read_entries(&path) {
                 Ok(entries) => entries,
                 Err(error) => return Ok(usage(&error)),
             };
-            out!("{:<32} {:<9} issuing service", "name", "role");
+            let mut table = terminal::Table::new(&[
+                terminal::Column::text("name"),
+                terminal::Column::text("role"),
+                terminal::Column::text("issuing service"),
+            ]);
+            let mut listed = Vec::new();
             for entry in entries {
                 let role = match entry.role {
                     Role::Clerk => "clerk",
@@ -513,10 +552,21 @@ fn tokens(settings: &Settings, command: TokensCommand) -> anyhow::Result<ExitCod
                 let name = entry.name.unwrap_or_else(|| {
                     format!("({role}-{})", &entry.sha256.get(..8).unwrap_or(""))
                 });
-                out!(
-                    "{name:<32} {role:<9} {}",
-                    entry.issuing_service.as_deref().unwrap_or("-")
-                );
+                table.row([
+                    name.as_str(),
+                    role,
+                    entry.issuing_service.as_deref().unwrap_or("-"),
+                ]);
+                listed.push(serde_json::json!({
+                    "name": name,
+                    "role": role,
+                    "issuing_service": entry.issuing_service,
+                }));
+            }
+            if json {
+                out!("{}", terminal::json(&serde_json::Value::from(listed)));
+            } else {
+                table.print();
             }
             Ok(ExitCode::SUCCESS)
         }

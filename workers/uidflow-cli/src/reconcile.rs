@@ -6,6 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::terminal::{Column, Table};
 use chrono::Utc;
 use uidflow::config::{Settings, format_duration};
 use uidflow::reconcile::{self, Overdue, ROUND_LIMIT};
@@ -48,7 +49,7 @@ async fn report(
                 "revived": round.revived,
                 "unrepairable": round.unrepairable,
             });
-            say!("{}", serde_json::to_string_pretty(&answer)?);
+            say!("{}", crate::terminal::json(&answer));
         } else if !round.ran {
             say!("another process is repairing right now; nothing done (try again)");
         } else {
@@ -72,7 +73,7 @@ async fn report(
             "overdue": total,
             "applications": listed,
         });
-        say!("{}", serde_json::to_string_pretty(&answer)?);
+        say!("{}", crate::terminal::json(&answer));
     } else if listed.is_empty() {
         say!(
             "no application is past its deadline (grace {})",
@@ -94,29 +95,29 @@ async fn report(
 }
 
 fn print_table(rows: &[Overdue]) {
-    say!(
-        "{:<36}  {:<12}  {:<27}  {:>10}  waits for",
-        "application",
-        "kind",
-        "status",
-        "late by"
-    );
+    let mut table = Table::new(&[
+        Column::fixed("application"),
+        Column::text("kind"),
+        Column::text("status"),
+        Column::number("late by"),
+        Column::text("waits for"),
+    ]);
     let now = Utc::now();
     for row in rows {
         let late = (now - row.expected_at).to_std().unwrap_or_default();
-        say!(
-            "{:<36}  {:<12}  {:<27}  {:>10}  {}",
-            row.application_id,
-            row.kind.as_str(),
-            row.status.as_str(),
+        table.row([
+            row.application_id.to_string(),
+            row.kind.as_str().to_owned(),
+            row.status.as_str().to_owned(),
             format_duration(Duration::from_secs(late.as_secs())),
-            crate::terminal::escape(&match row.paused_by {
+            match row.paused_by {
                 Some(system) => format!(
                     "{} (paused: the {system} breaker is open)",
                     row.waits_for.describe()
                 ),
                 None => row.waits_for.describe(),
-            }),
-        );
+            },
+        ]);
     }
+    table.print();
 }

@@ -2,7 +2,7 @@
 //! `uidflow dead-letters list | show | replay | discard` and `uidflow status --api`.
 //! Tables for people, `--json` for scripts.
 
-use crate::terminal;
+use crate::terminal::{self, Column, Table};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -106,14 +106,6 @@ fn when(value: &Value) -> String {
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| text(value))
-}
-
-fn clip(s: &str, width: usize) -> String {
-    if s.chars().count() <= width {
-        s.to_owned()
-    } else {
-        format!("{}…", s.chars().take(width - 1).collect::<String>())
-    }
 }
 
 /// `uidflow dead-letters …`.
@@ -255,13 +247,18 @@ pub async fn dead_letters(remote: &Remote, args: &DeadLetterArgs) -> anyhow::Res
 }
 
 fn print_summaries(items: &Value) {
-    println!(
-        "{:>6}  {:<9}  {:<12}  {:<18}  {:>3}  {:<19}  {:<36}  error",
-        "id", "state", "kind", "step", "try", "parked", "application"
-    );
+    let mut table = Table::new(&[
+        Column::number("id"),
+        Column::text("state"),
+        Column::text("kind"),
+        Column::text("step"),
+        Column::number("try"),
+        Column::fixed("parked"),
+        Column::fixed("application"),
+        Column::text("error"),
+    ]);
     for item in items.as_array().into_iter().flatten() {
-        println!(
-            "{:>6}  {:<9}  {:<12}  {:<18}  {:>3}  {:<19}  {:<36}  {}",
+        table.row([
             text(&item["id"]),
             text(&item["state"]),
             text(&item["error_kind"]),
@@ -269,9 +266,10 @@ fn print_summaries(items: &Value) {
             text(&item["attempts"]),
             when(&item["parked_at"]),
             text(&item["application_id"]),
-            clip(&text(&item["error"]), 70)
-        );
+            text(&item["error"]),
+        ]);
     }
+    table.print();
 }
 
 /// `uidflow dead-letters replay|discard` with filters instead of an id: the preview (how many,
@@ -472,4 +470,152 @@ pub enum Action {
         #[arg(long)]
         yes: bool,
     },
+}
+
+/// Arguments of `uidflow apps`.
+#[derive(Debug, clap::Args)]
+pub struct AppsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: AppsAction,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The API's base URL (default `http://API_ADDR`).
+    #[arg(long, global = true)]
+    pub api: Option<String>,
+    /// A clerk's token (their own service only) or an operator's (default `UIDFLOW_TOKEN`,
+    /// else `.uidflow/tokens/operator.token`).
+    #[arg(long, global = true)]
+    pub token: Option<String>,
+}
+
+/// The application commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum AppsAction {
+    /// Applications, newest first, masked as the API answers.
+    List {
+        /// Only this status (received, verifying_identity, …, completed, rejected, failed).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this kind (issue, block, unblock, change_phone).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this issuing service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Created at or after (RFC 3339, e.g. 2026-12-02T08:00:00Z).
+        #[arg(long)]
+        from: Option<String>,
+        /// Created before (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// How many (1 to 200).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Continue from the `--cursor` a previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+}
+
+/// `uidflow apps …`.
+pub async fn apps(remote: &Remote, args: &AppsArgs) -> anyhow::Result<ExitCode> {
+    let AppsAction::List {
+        status,
+        kind,
+        service,
+        from,
+        to,
+        limit,
+        cursor,
+    } = &args.action;
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("limit", &limit.to_string());
+    for (key, value) in [
+        ("status", status),
+        ("kind", kind),
+        ("service", service),
+        ("from", from),
+        ("to", to),
+        ("cursor", cursor),
+    ] {
+        if let Some(value) = value {
+            query.append_pair(key, value);
+        }
+    }
+    let path = format!("/v1/applications?{}", query.finish());
+    let page = remote.call(reqwest::Method::GET, &path, None).await?;
+    if args.json {
+        println!("{}", terminal::json(&page));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(&[
+        Column::fixed("application"),
+        Column::text("kind"),
+        Column::text("status"),
+        Column::text("service"),
+        Column::text("applicant"),
+        Column::text("phone"),
+        Column::fixed("created"),
+        Column::text("reason"),
+    ]);
+    for item in page["items"].as_array().into_iter().flatten() {
+        let reason = &item["reason"];
+        table.row([
+            text(&item["application_id"]),
+            text(&item["kind"]),
+            text(&item["status"]),
+            text(&item["issuing_service"]),
+            text(&item["identification_number"]),
+            text(&item["phone"]),
+            when(&item["created_at"]),
+            match reason["code"].as_str() {
+                Some(code) => code.to_owned(),
+                None if reason.is_null() => String::new(),
+                None => text(reason),
+            },
+        ]);
+    }
+    table.print();
+    if let Some(next) = page["next_cursor"].as_str() {
+        println!("(more: --cursor {})", terminal::escape(next));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `uidflow queues`: every queue's depth, consumers and rates (operator).
+pub async fn queues(remote: &Remote, json_out: bool) -> anyhow::Result<ExitCode> {
+    let answer = remote
+        .call(reqwest::Method::GET, "/v1/queues", None)
+        .await?;
+    if json_out {
+        println!("{}", terminal::json(&answer));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(&[
+        Column::fixed("queue"),
+        Column::number("messages"),
+        Column::number("consumers"),
+        Column::number("publish/s"),
+        Column::number("ack/s"),
+        Column::number("redeliver/s"),
+    ]);
+    let rate = |value: &Value| {
+        value
+            .as_f64()
+            .map_or_else(|| text(value), |r| format!("{r:.1}"))
+    };
+    for queue in answer["queues"].as_array().into_iter().flatten() {
+        table.row([
+            text(&queue["name"]),
+            text(&queue["messages"]),
+            text(&queue["consumers"]),
+            rate(&queue["publish_rate"]),
+            rate(&queue["ack_rate"]),
+            rate(&queue["redeliver_rate"]),
+        ]);
+    }
+    table.print();
+    Ok(ExitCode::SUCCESS)
 }

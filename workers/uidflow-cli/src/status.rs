@@ -1,7 +1,7 @@
 //! `uidflow status`: what a clerk sees of an application, masked: read from the database, or
 //! with `--api` from a running API (`remote`). One printer for both.
 
-use crate::terminal;
+use crate::terminal::{self, Column, Table};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -103,16 +103,24 @@ fn print_view(view: &Value) {
         }
     }
     println!("  history");
+    let mut table = Table::new(&[
+        Column::fixed("at"),
+        Column::text("status"),
+        Column::text("step"),
+        Column::text("detail"),
+    ])
+    .indented(4);
     for entry in view["history"].as_array().into_iter().flatten() {
         let at = entry["at"].as_str().unwrap_or("?");
         let at = chrono::DateTime::parse_from_rfc3339(at)
             .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
-            .unwrap_or_else(|_| terminal::escape(at).into_owned());
-        println!(
-            "    {at}  {:<28} {:<18} {}",
-            terminal::escape(entry["status"].as_str().unwrap_or("?")),
-            terminal::escape(entry["step"].as_str().unwrap_or("?")),
-            terminal::escape(entry["detail"].as_str().unwrap_or(""))
-        );
+            .unwrap_or_else(|_| at.to_owned());
+        table.row([
+            at.as_str(),
+            entry["status"].as_str().unwrap_or("?"),
+            entry["step"].as_str().unwrap_or("?"),
+            entry["detail"].as_str().unwrap_or(""),
+        ]);
     }
+    table.print();
 }

@@ -75,7 +75,7 @@ fn application_id(body: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// What to do after publishing.
+/// What to do after publishing, and how to print.
 #[derive(Debug, Clone, Copy)]
 pub struct Follow {
     /// Watch the applications until they end (or `timeout`).
@@ -84,6 +84,8 @@ pub struct Follow {
     pub confirm_codes: bool,
     /// How long to follow.
     pub timeout: std::time::Duration,
+    /// Print one JSON object on stdout instead of lines and a table.
+    pub json: bool,
 }
 
 /// Publishes every input; exit code 1 if any was not confirmed (or, following, did not end).
@@ -117,28 +119,45 @@ pub async fn run(
         "publishing to uid.intake (has the topology been declared? run `uidflow migrate`)",
     )?;
     let mut failed = 0;
+    let mut published = Vec::new();
     for ((input, message), result) in inputs.iter().zip(&messages).zip(results) {
         let what = match &message.message_id {
             Some(id) => format!("{} {}", message.routing_key, terminal::escape(id)),
             None => format!("{} (no application_id)", message.routing_key),
         };
-        match result {
-            PublishResult::Confirmed => println!(
-                "published  {}  {what}  confirmed",
-                terminal::escape(&input.label)
-            ),
+        let refused = match result {
+            PublishResult::Confirmed => None,
             PublishResult::Refused(why) => {
                 failed += 1;
-                println!(
+                Some(why.to_string())
+            }
+        };
+        if !follow.json {
+            match &refused {
+                None => println!(
+                    "published  {}  {what}  confirmed",
+                    terminal::escape(&input.label)
+                ),
+                Some(why) => println!(
                     "FAILED     {}  {what}  {}",
                     terminal::escape(&input.label),
-                    terminal::escape(&why.to_string())
-                );
+                    terminal::escape(why)
+                ),
             }
         }
+        published.push(serde_json::json!({
+            "file": input.label,
+            "routing_key": message.routing_key,
+            "message_id": message.message_id,
+            "confirmed": refused.is_none(),
+            "error": refused,
+        }));
     }
-    println!("{} published, {failed} failed", inputs.len() - failed);
+    if !follow.json {
+        println!("{} published, {failed} failed", inputs.len() - failed);
+    }
     let mut ended = true;
+    let mut followed = None;
     if follow.follow {
         let ids: Vec<uuid::Uuid> = messages
             .iter()
@@ -151,14 +170,29 @@ pub async fn run(
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        ended = crate::follow::follow(
+        let outcome = crate::follow::follow(
             settings,
             &publisher,
             &ids,
             follow.confirm_codes,
             follow.timeout,
+            follow.json,
         )
         .await?;
+        ended = outcome.ended;
+        followed = Some(outcome.rows);
+    }
+    if follow.json {
+        let mut answer = serde_json::json!({
+            "published": published,
+            "confirmed": inputs.len() - failed,
+            "failed": failed,
+        });
+        if let Some(rows) = followed {
+            answer["applications"] = Value::from(rows);
+            answer["all_ended"] = Value::from(ended);
+        }
+        println!("{}", terminal::json(&answer));
     }
     let _ = connection.close(200, "done".into()).await;
     Ok(if failed == 0 && ended {
