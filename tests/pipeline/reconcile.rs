@@ -169,6 +169,9 @@ async fn uidflow_run_revives_work_lost_in_a_purged_wait_queue_and_a_deleted_queu
             ("RETRY_DELAYS", "10s,20s"),
             ("RECONCILE_GRACE", "2s"),
             ("RECONCILE_INTERVAL", "200ms"),
+            // Ten MVD failures in a row would open its circuit breaker (that pause is
+            // tests/pipeline/breaker.rs's subject, not this test's).
+            ("BREAKER_FAILURES", "1000"),
         ],
     )
     .await;
