@@ -187,17 +187,23 @@ async fn check(app: &TestApp, cases: &[&Case], queued: &mut Vec<Vec<u8>>) {
         }
     }
 
-    // Every dead letter also reached the dead-letter queue, byte for byte, exactly once.
+    // Every dead letter also reached the dead-letter queue, byte for byte. The outbox
+    // publishes at least once (a publish whose confirm or delete was lost goes out again),
+    // so a second copy is allowed only as the same bytes of a dead letter already copied.
     let copies = app
         .take("uid.dead-letter", parked_count - queued.len())
         .await;
     queued.extend(copies.into_iter().map(|d| d.data));
     app.wait_for_outbox_drained().await;
-    assert_eq!(
-        app.ready_count("uid.dead-letter").await,
-        0,
-        "no extra dead-letter copies"
-    );
+    let left = app.ready_count("uid.dead-letter").await as usize;
+    for again in app.take("uid.dead-letter", left).await {
+        let position = queued.iter().position(|q| *q == again.data);
+        assert!(
+            position.is_some(),
+            "an extra dead-letter copy that repeats none of the parked bodies"
+        );
+        eprintln!("a dead-letter copy arrived twice (at-least-once publishing)");
+    }
     assert_eq!(
         multiset(queued.iter().map(Vec::as_slice)),
         multiset(parked.keys().map(Vec::as_slice)),
