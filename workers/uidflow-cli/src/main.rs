@@ -131,15 +131,9 @@ enum Command {
     Apps(remote::AppsArgs),
     /// Every queue's depth, consumers and rates, through the HTTP API (operator).
     Queues {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// The API's base URL (default `http://API_ADDR`).
-        #[arg(long)]
-        api: Option<String>,
-        /// An operator token (default `UIDFLOW_TOKEN`, else `.uidflow/tokens/operator.token`).
-        #[arg(long)]
-        token: Option<String>,
+        /// Where the API is, with an operator token.
+        #[command(flatten)]
+        via: remote::Via,
     },
     /// The applications past their deadline (nothing happened by the expected event plus
     /// RECONCILE_GRACE) and what each waits for; `--repair` sends their work items again.
@@ -373,19 +367,19 @@ async fn command(cli: Cli) -> ExitCode {
             ..
         } => status::run(&settings, &ids, json, wait, settled).await,
         Command::DeadLetters(args) => {
-            match remote::Remote::new(args.api.clone(), args.token.clone(), &settings) {
+            match remote::Remote::new(args.via.api.clone(), args.via.token.clone(), &settings) {
                 Ok(remote) => remote::dead_letters(&remote, &args).await,
                 Err(error) => Err(error),
             }
         }
         Command::Apps(args) => {
-            match remote::Remote::new(args.api.clone(), args.token.clone(), &settings) {
+            match remote::Remote::new(args.via.api.clone(), args.via.token.clone(), &settings) {
                 Ok(remote) => remote::apps(&remote, &args).await,
                 Err(error) => Err(error),
             }
         }
-        Command::Queues { json, api, token } => match remote::Remote::new(api, token, &settings) {
-            Ok(remote) => remote::queues(&remote, json).await,
+        Command::Queues { via } => match remote::Remote::new(via.api, via.token, &settings) {
+            Ok(remote) => remote::queues(&remote, via.json).await,
             Err(error) => Err(error),
         },
         Command::Sim {

@@ -128,7 +128,7 @@ pub async fn dead_letters(remote: &Remote, args: &DeadLetterArgs) -> anyhow::Res
             }
             let path = format!("/v1/dead-letters?{}", query.finish());
             let page = remote.call(reqwest::Method::GET, &path, None).await?;
-            if args.json {
+            if args.via.json {
                 println!("{}", terminal::json(&page));
                 return Ok(ExitCode::SUCCESS);
             }
@@ -153,7 +153,7 @@ pub async fn dead_letters(remote: &Remote, args: &DeadLetterArgs) -> anyhow::Res
                 std::io::Write::write_all(&mut std::io::stdout(), &bytes)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            if args.json {
+            if args.via.json {
                 println!("{}", terminal::json(&letter));
                 return Ok(ExitCode::SUCCESS);
             }
@@ -232,7 +232,7 @@ pub async fn dead_letters(remote: &Remote, args: &DeadLetterArgs) -> anyhow::Res
             let done = remote
                 .call(method, &path, Some(json!({"reason": reason})))
                 .await?;
-            if args.json {
+            if args.via.json {
                 println!("{}", terminal::json(&done));
             } else {
                 println!(
@@ -307,7 +307,7 @@ async fn bulk(
         )
         .await?;
     if !yes {
-        if args.json {
+        if args.via.json {
             println!("{}", terminal::json(&preview));
         } else {
             println!(
@@ -321,7 +321,7 @@ async fn bulk(
         return Ok(ExitCode::SUCCESS);
     }
     let Some(through) = preview["through_id"].as_i64() else {
-        if args.json {
+        if args.via.json {
             println!(
                 "{}",
                 terminal::json(&json!({"action": action, "done": [], "skipped": []}))
@@ -340,7 +340,7 @@ async fn bulk(
             Some(Value::Object(request)),
         )
         .await?;
-    if args.json {
+    if args.via.json {
         println!("{}", terminal::json(&done));
     } else {
         println!(
@@ -403,13 +403,23 @@ pub struct DeadLetterArgs {
     /// What to do.
     #[command(subcommand)]
     pub action: Action,
+    /// Where the API is, with an operator token.
+    #[command(flatten)]
+    pub via: Via,
+}
+
+/// How a command reaches the HTTP API, and how it prints (shared by every command that goes
+/// through the API).
+#[derive(Debug, clap::Args)]
+pub struct Via {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
     /// The API's base URL (default `http://API_ADDR`).
     #[arg(long, global = true)]
     pub api: Option<String>,
-    /// An operator token (default `UIDFLOW_TOKEN`, else `.uidflow/tokens/operator.token`).
+    /// The token (default `UIDFLOW_TOKEN`, else `.uidflow/tokens/operator.token`); a clerk's
+    /// sees its own issuing service only, the operator commands need an operator's.
     #[arg(long, global = true)]
     pub token: Option<String>,
 }
@@ -478,16 +488,9 @@ pub struct AppsArgs {
     /// What to do.
     #[command(subcommand)]
     pub action: AppsAction,
-    /// Print JSON instead of a table.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// The API's base URL (default `http://API_ADDR`).
-    #[arg(long, global = true)]
-    pub api: Option<String>,
-    /// A clerk's token (their own service only) or an operator's (default `UIDFLOW_TOKEN`,
-    /// else `.uidflow/tokens/operator.token`).
-    #[arg(long, global = true)]
-    pub token: Option<String>,
+    /// Where the API is, with a clerk's or an operator's token.
+    #[command(flatten)]
+    pub via: Via,
 }
 
 /// The application commands.
@@ -546,7 +549,7 @@ pub async fn apps(remote: &Remote, args: &AppsArgs) -> anyhow::Result<ExitCode> 
     }
     let path = format!("/v1/applications?{}", query.finish());
     let page = remote.call(reqwest::Method::GET, &path, None).await?;
-    if args.json {
+    if args.via.json {
         println!("{}", terminal::json(&page));
         return Ok(ExitCode::SUCCESS);
     }
