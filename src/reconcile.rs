@@ -17,10 +17,15 @@
 //! application's history and moves the deadline on by a grace. A duplicate is harmless: the
 //! ledger and [`crate::route::turn`] decide under the row lock, so a step runs once.
 //!
+//! A step whose queue still holds ready messages has a backlog: its overdue applications wait
+//! for the next round (their work is most likely in that queue), so a long backlog is not
+//! answered with a storm of duplicates.
+//!
 //! `uidflow run` repairs every [`Settings::reconcile_interval`] in the processes that host the
 //! outbox, one at a time (a transaction-scoped advisory lock), and every such process sets the
 //! gauge `uidflow_overdue_applications`.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -29,7 +34,8 @@ use sqlx::{PgConnection, PgPool, Row};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::format_duration;
+use crate::api::sampler::QueueSampler;
+use crate::config::{Settings, format_duration};
 use crate::domain::{Kind, Status};
 use crate::messages::{Purpose, WorkItem};
 use crate::route;
@@ -255,9 +261,29 @@ pub struct Round {
     pub unrepairable: Vec<Overdue>,
 }
 
+/// The steps whose queue holds messages ready to be consumed: an application waiting for one
+/// of them is behind a backlog, not lost (yet), so a round re-sends nothing for them; once the
+/// queue is empty, what is still missing is lost. `Err` when the broker cannot be asked.
+pub async fn busy_steps(sampler: &QueueSampler) -> Result<BTreeSet<String>, String> {
+    let depths = sampler.sample().await?;
+    Ok(route::STEPS
+        .iter()
+        .filter(|step| {
+            let queue = crate::topology::step_queue(step);
+            depths.iter().any(|d| d.name == queue && d.messages > 0)
+        })
+        .map(|step| (*step).to_owned())
+        .collect())
+}
+
 /// One repair round: unless another process is repairing, re-sends the current work item of
 /// up to [`ROUND_LIMIT`] overdue applications, each with a history note, in one transaction.
-pub async fn repair(pool: &PgPool, grace: Duration) -> sqlx::Result<Round> {
+/// Applications whose step's queue is in `busy` (a backlog) are left for a later round.
+pub async fn repair(
+    pool: &PgPool,
+    grace: Duration,
+    busy: &BTreeSet<String>,
+) -> sqlx::Result<Round> {
     let mut tx = pool.begin().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(LOCK)
@@ -271,8 +297,9 @@ pub async fn repair(pool: &PgPool, grace: Duration) -> sqlx::Result<Round> {
         ..Round::default()
     };
     for found in overdue(&mut tx, grace, ROUND_LIMIT, true).await? {
-        if found.paused_by.is_some() {
-            // Its step waits for an open breaker: the work is in its queue, not lost.
+        if found.paused_by.is_some() || busy.contains(found.waits_for.step()) {
+            // Its step waits for an open breaker, or its queue still has a backlog: the work
+            // is (most likely) in the queue, not lost.
             continue;
         }
         let Some(item) = found.waits_for.work_item(found.application_id) else {
@@ -306,7 +333,9 @@ pub async fn repair(pool: &PgPool, grace: Duration) -> sqlx::Result<Round> {
 }
 
 /// Repairs every `interval` until cancelled, and keeps the overdue gauge.
-pub async fn run(pool: PgPool, interval: Duration, grace: Duration, token: CancellationToken) {
+pub async fn run(settings: Settings, pool: PgPool, token: CancellationToken) {
+    let (interval, grace) = (settings.reconcile_interval, settings.reconcile_grace);
+    let sampler = QueueSampler::new(settings, Duration::ZERO);
     ::metrics::gauge!(OVERDUE_APPLICATIONS).set(0.0);
     ::metrics::counter!(RECONCILED_TOTAL, "step" => route::VERIFY_IDENTITY).increment(0);
     loop {
@@ -314,8 +343,16 @@ pub async fn run(pool: PgPool, interval: Duration, grace: Duration, token: Cance
             Ok(count) => ::metrics::gauge!(OVERDUE_APPLICATIONS).set(count as f64),
             Err(error) => tracing::warn!(error = %error, "could not count overdue applications"),
         }
-        if let Err(error) = repair(&pool, grace).await {
-            tracing::warn!(error = %error, "reconciler round failed; it runs again");
+        match busy_steps(&sampler).await {
+            Ok(busy) => {
+                if let Err(error) = repair(&pool, grace, &busy).await {
+                    tracing::warn!(error = %error, "reconciler round failed; it runs again");
+                }
+            }
+            // What it would re-send could not be published either.
+            Err(error) => {
+                tracing::warn!(error = %error, "reconciler: the broker cannot be asked; no repair this round")
+            }
         }
         if !crate::retry::pause(&token, Some(interval)).await {
             return;

@@ -255,9 +255,8 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> anyhow
                     tasks.spawn(outbox::run_relay(settings, pool, token));
                 }
                 tasks.spawn(crate::reconcile::run(
+                    settings.clone(),
                     pool.clone(),
-                    settings.reconcile_interval,
-                    settings.reconcile_grace,
                     token.clone(),
                 ));
                 tasks.spawn(crate::vacuum::run(pool, token));

@@ -27,12 +27,13 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let grace = grace.unwrap_or(settings.reconcile_grace);
     let pool = uidflow::db::connect(settings, 2).await?;
-    let result = report(&pool, grace, repair, json).await;
+    let result = report(settings, &pool, grace, repair, json).await;
     pool.close().await;
     result
 }
 
 async fn report(
+    settings: &Settings,
     pool: &sqlx::PgPool,
     grace: Duration,
     repair: bool,
@@ -40,7 +41,11 @@ async fn report(
 ) -> anyhow::Result<ExitCode> {
     let total = reconcile::count_overdue(pool, grace).await?;
     if repair {
-        let round = reconcile::repair(pool, grace).await?;
+        let sampler = uidflow::api::sampler::QueueSampler::new(settings.clone(), Duration::ZERO);
+        let busy = reconcile::busy_steps(&sampler)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; nothing re-sent"))?;
+        let round = reconcile::repair(pool, grace, &busy).await?;
         if json {
             let answer = serde_json::json!({
                 "grace": format_duration(grace),
