@@ -74,9 +74,15 @@ async fn a_dead_node_is_skipped_and_the_loss_of_a_node_moves_every_connection_to
     let clerk = spawn_clerk(&app, token.clone()).await;
 
     let people: Vec<Person> = (0..16).map(|n| Person::new(4300 + n)).collect();
+    // The clerk types each code back; the test waits for the ends.
     let mut ids = Vec::new();
     for person in &people[..8] {
-        ids.push(app.complete(person, "issue").await);
+        let application = person.application("issue");
+        ids.push(application["application_id"].as_str().unwrap().to_owned());
+        app.publish_application(&application).await;
+    }
+    for id in &ids {
+        app.wait_for_status(id, "completed").await;
     }
     let carried = node.carried.load(Ordering::Relaxed);
     assert!(
