@@ -175,6 +175,18 @@ pub async fn overdue(
     limit: i64,
     lock: bool,
 ) -> sqlx::Result<Vec<Overdue>> {
+    let open = open_breakers(&mut *conn).await?;
+    overdue_while(conn, grace, limit, lock, &open).await
+}
+
+/// [`overdue`], with the systems whose breaker is open already read.
+async fn overdue_while(
+    conn: &mut PgConnection,
+    grace: Duration,
+    limit: i64,
+    lock: bool,
+    open: &[crate::breaker::System],
+) -> sqlx::Result<Vec<Overdue>> {
     let sql = format!(
         "SELECT a.application_id, a.kind, a.status, a.due_step, a.due_attempt, pc.generation,
                 {EXPECTED_AT} AS expected_at,
@@ -190,7 +202,6 @@ pub async fn overdue(
         .bind(limit)
         .fetch_all(&mut *conn)
         .await?;
-    let open = open_breakers(&mut *conn).await?;
     Ok(rows
         .iter()
         .filter_map(|row| {
@@ -234,8 +245,9 @@ async fn open_breakers(conn: &mut PgConnection) -> sqlx::Result<Vec<crate::break
 /// aside).
 pub async fn count_overdue(pool: &PgPool, grace: Duration) -> sqlx::Result<i64> {
     let mut conn = pool.acquire().await?;
-    if !open_breakers(&mut conn).await?.is_empty() {
-        let all = overdue(&mut conn, grace, i64::MAX, false).await?;
+    let open = open_breakers(&mut conn).await?;
+    if !open.is_empty() {
+        let all = overdue_while(&mut conn, grace, i64::MAX, false, &open).await?;
         return Ok(all.iter().filter(|o| o.paused_by.is_none()).count() as i64);
     }
     drop(conn);
@@ -339,25 +351,33 @@ pub async fn run(settings: Settings, pool: PgPool, token: CancellationToken) {
     ::metrics::gauge!(OVERDUE_APPLICATIONS).set(0.0);
     ::metrics::counter!(RECONCILED_TOTAL, "step" => route::VERIFY_IDENTITY).increment(0);
     loop {
-        match count_overdue(&pool, grace).await {
-            Ok(count) => ::metrics::gauge!(OVERDUE_APPLICATIONS).set(count as f64),
-            Err(error) => tracing::warn!(error = %error, "could not count overdue applications"),
-        }
-        match busy_steps(&sampler).await {
-            Ok(busy) => {
-                if let Err(error) = repair(&pool, grace, &busy).await {
-                    tracing::warn!(error = %error, "reconciler round failed; it runs again");
-                }
-            }
-            // What it would re-send could not be published either.
-            Err(error) => {
-                tracing::warn!(error = %error, "reconciler: the broker cannot be asked; no repair this round")
-            }
+        if let Err(error) = tick(&pool, &sampler, grace).await {
+            tracing::warn!(error = %error, "reconciler round failed; it runs again");
         }
         if !crate::retry::pause(&token, Some(interval)).await {
             return;
         }
     }
+}
+
+/// One round of [`run`]: the gauge, then, only when something is overdue (the usual case is
+/// nothing: no broker round-trip then), a repair.
+async fn tick(pool: &PgPool, sampler: &QueueSampler, grace: Duration) -> Result<(), String> {
+    let count = count_overdue(pool, grace)
+        .await
+        .map_err(|e| format!("cannot count overdue applications ({e})"))?;
+    ::metrics::gauge!(OVERDUE_APPLICATIONS).set(count as f64);
+    if count == 0 {
+        return Ok(());
+    }
+    // Without the broker, what a repair sends could not be published either.
+    let busy = busy_steps(sampler)
+        .await
+        .map_err(|e| format!("{e}; no repair this round"))?;
+    repair(pool, grace, &busy)
+        .await
+        .map_err(|e| format!("repair: {e}"))?;
+    Ok(())
 }
 
 #[cfg(test)]
