@@ -762,6 +762,45 @@ impl TestApp {
             .expect("registry")
     }
 
+    /// Publishes an issue application for each person; returns their ids.
+    pub async fn publish_issues(&self, people: &[Person]) -> Vec<String> {
+        let mut ids = Vec::new();
+        for person in people {
+            let application = person.application("issue");
+            ids.push(application["application_id"].as_str().unwrap().to_owned());
+            self.publish_application(&application).await;
+        }
+        ids
+    }
+
+    /// Waits until each issue application of `ids` (for `people`, in order) completed, and
+    /// checks it did so exactly once: one `completed` history row, one code SMS and one
+    /// password SMS to its phone, and the password works.
+    pub async fn each_completed_once(&self, ids: &[String], people: &[Person]) {
+        for (id, person) in ids.iter().zip(people) {
+            self.wait_for_status(id, "completed").await;
+            assert_eq!(
+                self.count(
+                    "SELECT count(*) FROM application_history WHERE application_id = $1::uuid AND status = 'completed'",
+                    id
+                )
+                .await,
+                1,
+                "{id} completed once"
+            );
+            let texts = self.sim().messages_to(&person.phone);
+            assert_eq!(
+                texts.len(),
+                2,
+                "one code SMS and one password SMS: {texts:?}"
+            );
+            assert!(
+                self.last_password_works(&person.identification_number, &person.phone)
+                    .await
+            );
+        }
+    }
+
     /// True if the password in the last SMS to `phone` verifies against the registry's hash.
     pub async fn last_password_works(&self, uid: &str, phone: &str) -> bool {
         let (_, _, hash) = self.registry(uid).await.expect("a registry row");

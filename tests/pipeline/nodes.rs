@@ -75,12 +75,7 @@ async fn a_dead_node_is_skipped_and_the_loss_of_a_node_moves_every_connection_to
 
     let people: Vec<Person> = (0..16).map(|n| Person::new(4300 + n)).collect();
     // The clerk types each code back; the test waits for the ends.
-    let mut ids = Vec::new();
-    for person in &people[..8] {
-        let application = person.application("issue");
-        ids.push(application["application_id"].as_str().unwrap().to_owned());
-        app.publish_application(&application).await;
-    }
+    let mut ids = app.publish_issues(&people[..8]).await;
     for id in &ids {
         app.wait_for_status(id, "completed").await;
     }
@@ -93,35 +88,13 @@ async fn a_dead_node_is_skipped_and_the_loss_of_a_node_moves_every_connection_to
     // The node goes away with every connection through it; the next applications (published
     // at once, while consumers and relays reconnect) all complete exactly once.
     node.down().await;
-    let mut later = Vec::new();
-    for person in &people[8..] {
-        let application = person.application("issue");
-        later.push(application["application_id"].as_str().unwrap().to_owned());
-        app.publish_application(&application).await;
-    }
+    let later = app.publish_issues(&people[8..]).await;
     for id in &later {
         app.wait_for_status(id, "completed").await;
     }
     ids.extend(later);
     token.cancel();
     clerk.await.unwrap();
-    for (id, person) in ids.iter().zip(&people) {
-        let completed = app
-            .count(
-                "SELECT count(*) FROM application_history WHERE application_id = $1::uuid AND status = 'completed'",
-                id,
-            )
-            .await;
-        assert_eq!(completed, 1, "{id}");
-        assert_eq!(
-            app.sim().messages_to(&person.phone).len(),
-            2,
-            "one code SMS and one password SMS"
-        );
-        assert!(
-            app.last_password_works(&person.identification_number, &person.phone)
-                .await
-        );
-    }
+    app.each_completed_once(&ids, &people).await;
     app.stop().await;
 }

@@ -14,44 +14,6 @@ use uidflow::topology::{retry_queue, step_queue};
 
 use crate::common::{Person, TestApp, spawn_clerk, wait_until};
 
-/// Publishes an issue application for each person; returns their ids.
-async fn publish_issues(app: &TestApp, people: &[Person]) -> Vec<String> {
-    let mut ids = Vec::new();
-    for person in people {
-        let application = person.application("issue");
-        ids.push(application["application_id"].as_str().unwrap().to_owned());
-        app.publish_application(&application).await;
-    }
-    ids
-}
-
-/// Every application completed exactly once: one `completed` history row, one registry row
-/// with a working password, one code SMS and one password SMS to its phone.
-async fn each_completed_once(app: &TestApp, ids: &[String], people: &[Person]) {
-    for (id, person) in ids.iter().zip(people) {
-        app.wait_for_status(id, "completed").await;
-        assert_eq!(
-            app.count(
-                "SELECT count(*) FROM application_history WHERE application_id = $1::uuid AND status = 'completed'",
-                id
-            )
-            .await,
-            1,
-            "{id} completed once"
-        );
-        let texts = app.sim().messages_to(&person.phone);
-        assert_eq!(
-            texts.len(),
-            2,
-            "one code SMS and one password SMS: {texts:?}"
-        );
-        assert!(
-            app.last_password_works(&person.identification_number, &person.phone)
-                .await
-        );
-    }
-}
-
 /// The reconciler's notes in an application's history.
 async fn revivals(app: &TestApp, id: &str) -> Vec<String> {
     app.history(id)
@@ -76,7 +38,7 @@ async fn work_items_purged_from_a_step_queue_are_listed_and_repaired() {
     };
     let app = TestApp::spawn_pipeline_env("10m", options, &[("RECONCILE_GRACE", "1h")]).await;
     let people: Vec<Person> = (0..12).map(|n| Person::new(4100 + n)).collect();
-    let ids = publish_issues(&app, &people).await;
+    let ids = app.publish_issues(&people).await;
     let queue = step_queue(route::VERIFY_IDENTITY);
     wait_until("the work items to wait in the step queue", || async {
         (app.queue_messages(&queue) == ids.len() as u64).then_some(())
@@ -165,7 +127,7 @@ async fn work_items_purged_from_a_step_queue_are_listed_and_repaired() {
         .expect("the verify-identity part starts");
     let token = tokio_util::sync::CancellationToken::new();
     let clerk = spawn_clerk(&app, token.clone()).await;
-    each_completed_once(&app, &ids, &people).await;
+    app.each_completed_once(&ids, &people).await;
     token.cancel();
     clerk.await.unwrap();
     second.system.shutdown().await;
@@ -194,7 +156,7 @@ async fn uidflow_run_revives_work_lost_in_a_purged_wait_queue_and_a_deleted_queu
         fail_next: vec![503; people.len()],
         ..Faults::default()
     });
-    let ids = publish_issues(&app, &people).await;
+    let ids = app.publish_issues(&people).await;
     wait_until("every attempt 1 to fail", || async {
         let failed: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM application_history WHERE detail LIKE 'attempt 1 failed%'",
@@ -229,7 +191,7 @@ async fn uidflow_run_revives_work_lost_in_a_purged_wait_queue_and_a_deleted_queu
     // lost); the register queue is declared again by its consumer or the relay.
     let token = tokio_util::sync::CancellationToken::new();
     let clerk = spawn_clerk(&app, token.clone()).await;
-    each_completed_once(&app, &ids, &people).await;
+    app.each_completed_once(&ids, &people).await;
     token.cancel();
     clerk.await.unwrap();
     for id in &ids {
