@@ -17,6 +17,7 @@ use crate::domain::{Kind, Reason, Status, mask_identification_number, mask_phone
 use crate::messages::StatusEvent;
 use crate::outbox;
 use crate::topology::EVENTS_EXCHANGE;
+use crate::vault::{Aad, Index, Sealed, Vault};
 
 /// A new application, as the intake records it.
 #[derive(Debug, Clone)]
@@ -27,10 +28,44 @@ pub struct NewApplication<'a> {
     pub kind: Option<Kind>,
     /// Issuing service, when valid.
     pub issuing_service: Option<&'a str>,
-    /// SHA-256 of the canonical JSON of the message (duplicate detection).
-    pub content_sha256: &'a [u8],
-    /// The application (normalised when valid).
+    /// The canonical JSON of the message (its keyed hash detects duplicates; it is not stored).
+    pub canonical: &'a [u8],
+    /// The application (normalised when valid); stored sealed.
     pub payload: &'a Value,
+}
+
+/// What the intake stores of a new application's personal data: the payload sealed under the
+/// active data key, the blind index of the identification number, and the masks every answer
+/// shows.
+struct Personal {
+    sealed: Sealed,
+    subject_index: Option<Vec<u8>>,
+    masked_identification_number: Option<String>,
+    masked_phone: Option<String>,
+}
+
+impl Personal {
+    fn of(vault: &Vault, application: &NewApplication<'_>) -> Self {
+        let number = application
+            .payload
+            .pointer("/applicant/identification_number")
+            .and_then(Value::as_str);
+        let phone = application.payload.get("phone").and_then(Value::as_str);
+        let bytes = serde_json::to_vec(application.payload).expect("a JSON value serialises");
+        Personal {
+            sealed: vault.seal(Aad::Application(application.application_id), &bytes),
+            subject_index: number.and_then(|n| subject_index(vault, n)),
+            masked_identification_number: number.map(mask_identification_number),
+            masked_phone: phone.map(mask_phone),
+        }
+    }
+}
+
+/// The blind index of a person's identification number, when it is one (normalised first, as
+/// the intake normalises it).
+pub fn subject_index(vault: &Vault, number: &str) -> Option<Vec<u8>> {
+    let number = crate::domain::IdentificationNumber::parse(number).ok()?;
+    Some(vault.index(Index::Subject, number.as_str().as_bytes()))
 }
 
 /// What happened to an insert.
@@ -62,6 +97,7 @@ pub struct HandOff<'a> {
 /// inserted and then updated, which rewrote the row and every index entry of it).
 pub async fn insert_received(
     conn: &mut PgConnection,
+    vault: &Vault,
     application: &NewApplication<'_>,
     step: &str,
     hand_off: Option<HandOff<'_>>,
@@ -97,10 +133,14 @@ pub async fn insert_received(
     // id exists. History rows are numbered in the order given (`WITH ORDINALITY`).
     let sql = format!(
         "WITH inserted AS (
-             INSERT INTO applications (application_id, kind, status, issuing_service, content_sha256, payload)
-             VALUES ($9, $10, $11, $12, $13, $14)
+             INSERT INTO applications (application_id, kind, status, issuing_service, content_hmac,
+                 masked_identification_number, masked_phone)
+             VALUES ($9, $10, $11, $12, $13, $17, $18)
              ON CONFLICT (application_id) DO NOTHING
              RETURNING application_id),
+         sealed AS (
+             INSERT INTO application_payloads (application_id, key_id, sealed, subject_index)
+             SELECT application_id, $19, $14, $20 FROM inserted),
          history AS (
              INSERT INTO application_history (application_id, status, step)
              SELECT application_id, h.status, h.step
@@ -111,26 +151,34 @@ pub async fn insert_received(
          SELECT count(*) FROM inserted",
         rows = outbox::INSERT_ROWS
     );
+    let personal = Personal::of(vault, application);
+    let content_hmac = vault.index(Index::Content, application.canonical);
     let inserted: i64 = outbox::Rows::of(&messages)
         .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
         .bind(application.application_id)
         .bind(application.kind.map(Kind::as_str))
         .bind(status)
         .bind(application.issuing_service)
-        .bind(application.content_sha256)
-        .bind(crate::db::pg_safe_json(application.payload))
+        .bind(&content_hmac)
+        .bind(&personal.sealed.bytes)
         .bind(&statuses)
         .bind(&steps)
+        .bind(&personal.masked_identification_number)
+        .bind(&personal.masked_phone)
+        .bind(&personal.sealed.key_id)
+        .bind(&personal.subject_index)
         .fetch_one(&mut *conn)
         .await?
         .get(0);
     if inserted == 0 {
         let existing: Vec<u8> =
-            sqlx::query_scalar("SELECT content_sha256 FROM applications WHERE application_id = $1")
+            sqlx::query_scalar("SELECT content_hmac FROM applications WHERE application_id = $1")
                 .bind(application.application_id)
                 .fetch_one(&mut *conn)
                 .await?;
-        return Ok(if existing == application.content_sha256 {
+        // Rows recorded before the keyed hash hold the plain SHA-256 of the same bytes.
+        let legacy = || <sha2::Sha256 as sha2::Digest>::digest(application.canonical).to_vec();
+        return Ok(if existing == content_hmac || existing == legacy() {
             Inserted::Identical
         } else {
             Inserted::Conflict
@@ -347,8 +395,9 @@ pub struct ApplicationView {
     pub history: Vec<HistoryEntry>,
 }
 
-const SUMMARY_COLUMNS: &str = "application_id, kind, status, reason, issuing_service, created_at, updated_at,
-    payload->'applicant'->>'identification_number' AS identification_number, payload->>'phone' AS phone";
+const SUMMARY_COLUMNS: &str =
+    "application_id, kind, status, reason, issuing_service, created_at, updated_at,
+    masked_identification_number, masked_phone";
 
 fn summary_of(row: &sqlx::postgres::PgRow) -> ApplicationSummary {
     ApplicationSummary {
@@ -357,12 +406,8 @@ fn summary_of(row: &sqlx::postgres::PgRow) -> ApplicationSummary {
         status: row.get("status"),
         reason: row.get("reason"),
         issuing_service: row.get("issuing_service"),
-        identification_number: row
-            .get::<Option<String>, _>("identification_number")
-            .map(|n| mask_identification_number(&n)),
-        phone: row
-            .get::<Option<String>, _>("phone")
-            .map(|p| mask_phone(&p)),
+        identification_number: row.get("masked_identification_number"),
+        phone: row.get("masked_phone"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
     }
@@ -537,19 +582,63 @@ pub struct Loaded {
 /// and confirmations of one application never interleave. `None` if unknown or not valid.
 pub async fn load(
     conn: &mut PgConnection,
+    vault: &Vault,
     application_id: Uuid,
     lock: bool,
 ) -> sqlx::Result<Option<Loaded>> {
     let sql = if lock {
-        "SELECT kind, status, issuing_service, payload FROM applications WHERE application_id = $1 FOR UPDATE"
+        "SELECT a.kind, a.status, a.issuing_service, a.payload, p.key_id, p.sealed
+         FROM applications a LEFT JOIN application_payloads p USING (application_id)
+         WHERE a.application_id = $1 FOR UPDATE OF a"
     } else {
-        "SELECT kind, status, issuing_service, payload FROM applications WHERE application_id = $1"
+        "SELECT a.kind, a.status, a.issuing_service, a.payload, p.key_id, p.sealed
+         FROM applications a LEFT JOIN application_payloads p USING (application_id)
+         WHERE a.application_id = $1"
     };
     let row = sqlx::query(sql)
         .bind(application_id)
         .fetch_optional(&mut *conn)
         .await?;
-    Ok(row.and_then(|row| loaded_from(&row, application_id)))
+    match row {
+        Some(row) => loaded_from(&row, vault, application_id),
+        None => Ok(None),
+    }
+}
+
+/// Locks an application's row (`FOR UPDATE`) and returns its status, without its personal
+/// data (for what needs only to know where it stands: an operator's replay, a refused code).
+pub async fn lock_status(
+    conn: &mut PgConnection,
+    application_id: Uuid,
+) -> sqlx::Result<Option<Status>> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM applications WHERE application_id = $1 FOR UPDATE")
+            .bind(application_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(status.as_deref().and_then(Status::parse))
+}
+
+/// The personal data of an application: its payload, opened (or, for a row recorded before
+/// payloads were sealed, as stored); `None` once retention erased it.
+pub fn payload_of(
+    row: &sqlx::postgres::PgRow,
+    vault: &Vault,
+    application_id: Uuid,
+) -> sqlx::Result<Option<Value>> {
+    let key_id: Option<String> = row.get("key_id");
+    let sealed: Option<Vec<u8>> = row.get("sealed");
+    match (key_id, sealed) {
+        (Some(key_id), Some(sealed)) => {
+            let bytes = vault
+                .open(&key_id, Aad::Application(application_id), &sealed)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+        }
+        _ => Ok(row.get("payload")),
+    }
 }
 
 /// [`load`] without a lock, with the steps in its ledger, in one statement: a step's cheap
@@ -558,12 +647,14 @@ pub async fn load(
 /// would miss a ledger row committed meanwhile.
 pub async fn load_for_step(
     conn: &mut PgConnection,
+    vault: &Vault,
     application_id: Uuid,
 ) -> sqlx::Result<Option<(Loaded, Vec<String>)>> {
     let Some(row) = sqlx::query(
-        "SELECT kind, status, issuing_service, payload,
+        "SELECT a.kind, a.status, a.issuing_service, a.payload, p.key_id, p.sealed,
                 ARRAY(SELECT l.step FROM step_ledger l WHERE l.application_id = a.application_id) AS done
-         FROM applications a WHERE application_id = $1",
+         FROM applications a LEFT JOIN application_payloads p USING (application_id)
+         WHERE a.application_id = $1",
     )
     .bind(application_id)
     .fetch_optional(&mut *conn)
@@ -572,11 +663,17 @@ pub async fn load_for_step(
         return Ok(None);
     };
     let done: Vec<String> = row.get("done");
-    Ok(loaded_from(&row, application_id).map(|loaded| (loaded, done)))
+    Ok(loaded_from(&row, vault, application_id)?.map(|loaded| (loaded, done)))
 }
 
-fn loaded_from(row: &sqlx::postgres::PgRow, application_id: Uuid) -> Option<Loaded> {
-    let payload: Value = row.get("payload");
+fn loaded_from(
+    row: &sqlx::postgres::PgRow,
+    vault: &Vault,
+    application_id: Uuid,
+) -> sqlx::Result<Option<Loaded>> {
+    let Some(payload) = payload_of(row, vault, application_id)? else {
+        return Ok(None);
+    };
     let kind = row
         .get::<Option<String>, _>("kind")
         .as_deref()
@@ -590,7 +687,7 @@ fn loaded_from(row: &sqlx::postgres::PgRow, application_id: Uuid) -> Option<Load
         .get("phone")
         .and_then(Value::as_str)
         .and_then(|p| crate::domain::Phone::parse(p).ok());
-    match (kind, status, number) {
+    Ok(match (kind, status, number) {
         (Some(kind), Some(status), Some(identification_number)) => Some(Loaded {
             application_id,
             kind,
@@ -601,7 +698,7 @@ fn loaded_from(row: &sqlx::postgres::PgRow, application_id: Uuid) -> Option<Load
             payload,
         }),
         _ => None,
-    }
+    })
 }
 
 /// Adds a history row without changing the status (a retry, a wrong code, an ignored message).

@@ -81,6 +81,12 @@ pub struct Settings {
     pub simulated: Simulated,
     /// TOML file of API tokens; `None` means local tokens are generated.
     pub api_tokens_file: Option<PathBuf>,
+    /// The data keys that seal personal data at rest (`DATA_KEYS_FILE`, see `vault`); `None`:
+    /// a local file is made when the external systems are simulated, else start-up fails.
+    pub data_keys_file: Option<PathBuf>,
+    /// How long an ended application keeps its personal data (`RETENTION`, 90d); settled dead
+    /// letters keep their bodies as long.
+    pub retention: Duration,
     /// Waits between attempts of a step that failed transiently.
     pub retry_delays: Vec<Duration>,
     /// How long a phone-confirmation code is valid.
@@ -185,6 +191,18 @@ impl Settings {
                 ),
             });
         }
+        let data_keys_file = get("DATA_KEYS_FILE").map(PathBuf::from);
+        if let Some(path) = &data_keys_file
+            && !path.is_file()
+        {
+            return Err(ConfigError {
+                variable: "DATA_KEYS_FILE",
+                problem: format!(
+                    "{} is not a readable file; point it at the data key file (`uidflow keys init FILE` makes one) or unset it for a local one with the simulators",
+                    path.display()
+                ),
+            });
+        }
         let retry_delays = parse_duration_list(
             "RETRY_DELAYS",
             get("RETRY_DELAYS").unwrap_or(DEFAULT_RETRY_DELAYS),
@@ -241,6 +259,8 @@ impl Settings {
                 "30s",
             )?,
             reconcile_grace: parse_duration_var("RECONCILE_GRACE", get("RECONCILE_GRACE"), "5m")?,
+            data_keys_file,
+            retention: parse_duration_var("RETENTION", get("RETENTION"), "90d")?,
             breaker: crate::breaker::BreakerConfig {
                 failures: match get("BREAKER_FAILURES") {
                     None => crate::breaker::DEFAULT_FAILURES,
@@ -491,6 +511,8 @@ mod tests {
         assert_eq!(s.http_timeout, Duration::from_secs(10));
         assert_eq!(s.reconcile_interval, Duration::from_secs(30));
         assert_eq!(s.reconcile_grace, Duration::from_secs(300));
+        assert_eq!(s.retention, Duration::from_secs(90 * 86_400));
+        assert!(s.data_keys_file.is_none());
         assert!(s.mvd_url.is_none() && s.sms_url.is_none());
         assert_eq!(s.simulated, Simulated::default());
         assert_eq!(s.hash_params, crate::secrets::HashParams::owasp());

@@ -19,6 +19,7 @@ use crate::consumer::{self, ConsumerConfig, Handled, Handler, Message};
 use crate::outbox;
 use crate::telemetry::metrics as names;
 use crate::topology::{DEAD_LETTER_EXCHANGE, PARKING_QUEUE};
+use crate::vault::{Aad, Vault};
 
 /// The `x-uid-error-kind` values (CONTRACT §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,14 +75,19 @@ pub struct Parked<'a> {
 }
 
 /// Parks a message in the caller's transaction; returns the dead letter's id.
-pub async fn park(conn: &mut PgConnection, parked: &Parked<'_>) -> sqlx::Result<i64> {
-    let id = park_once(conn, parked, None).await?;
+pub async fn park(
+    conn: &mut PgConnection,
+    vault: &Vault,
+    parked: &Parked<'_>,
+) -> sqlx::Result<i64> {
+    let id = park_once(conn, vault, parked, None).await?;
     Ok(id.expect("a dead letter without a source key is always inserted"))
 }
 
 /// [`park`], but only once per `source_key`: `None` if a dead letter with that key exists.
 pub async fn park_once(
     conn: &mut PgConnection,
+    vault: &Vault,
     parked: &Parked<'_>,
     source_key: Option<&str>,
 ) -> sqlx::Result<Option<i64>> {
@@ -105,10 +111,13 @@ pub async fn park_once(
     if let Some(code) = parked.reason_code {
         headers.insert("x-uid-reason".into(), Value::from(code));
     }
+    // The body is stored sealed; the copy on `uid.dead-letter` is the message byte for byte
+    // (CONTRACT §2), as the broker already held it.
+    let sealed = vault.seal(Aad::DeadLetter, &parked.message.body);
     let inserted: Option<i64> = sqlx::query_scalar(
         "INSERT INTO dead_letters (application_id, step, error_kind, error, reason_code, body, headers,
-            routing_key, attempts, first_failed_at, last_failed_at, source_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            routing_key, attempts, first_failed_at, last_failed_at, source_key, body_key_id, subject_index)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (source_key) WHERE source_key IS NOT NULL DO NOTHING RETURNING id",
     )
     .bind(parked.application_id)
@@ -116,13 +125,15 @@ pub async fn park_once(
     .bind(parked.kind.as_str())
     .bind(crate::db::pg_safe_text(&parked.error))
     .bind(parked.reason_code)
-    .bind(&parked.message.body)
+    .bind(&sealed.bytes)
     .bind(crate::db::pg_safe_json(&Value::Object(headers.clone())))
     .bind(crate::db::pg_safe_text(&parked.message.routing_key))
     .bind(i32::try_from(parked.attempts).unwrap_or(i32::MAX))
     .bind(parked.first_failed_at)
     .bind(now)
     .bind(source_key)
+    .bind(&sealed.key_id)
+    .bind(subject_of_body(vault, &parked.message.body))
     .fetch_optional(&mut *conn)
     .await?;
     let Some(id) = inserted else {
@@ -147,18 +158,52 @@ pub async fn park_once(
     Ok(Some(id))
 }
 
+/// The blind index of the person a body names (`applicant.identification_number` of a JSON
+/// body), for a person's data request.
+fn subject_of_body(vault: &Vault, body: &[u8]) -> Option<Vec<u8>> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let number = value
+        .pointer("/applicant/identification_number")?
+        .as_str()?;
+    crate::applications::subject_index(vault, number)
+}
+
+/// A dead letter's body as the message had it: opened when sealed, as stored when it was
+/// parked before bodies were sealed; `None` once retention erased it.
+pub fn body_of(row: &sqlx::postgres::PgRow, vault: &Vault) -> sqlx::Result<Option<Vec<u8>>> {
+    use sqlx::Row;
+    let erased: Option<DateTime<Utc>> = row.get("body_erased_at");
+    if erased.is_some() {
+        return Ok(None);
+    }
+    let body: Vec<u8> = row.get("body");
+    match row.get::<Option<String>, _>("body_key_id") {
+        Some(key_id) => vault
+            .open(&key_id, Aad::DeadLetter, &body)
+            .map(Some)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e))),
+        None => Ok(Some(body)),
+    }
+}
+
 /// Consumes `uid.parking` until cancelled, parking every message it finds there.
-pub async fn run_keeper(settings: Settings, pool: PgPool, token: CancellationToken) {
+pub async fn run_keeper(
+    settings: Settings,
+    pool: PgPool,
+    vault: Arc<Vault>,
+    token: CancellationToken,
+) {
     let config = ConsumerConfig {
         role: "dead-letter-keeper",
         queue: PARKING_QUEUE.into(),
         prefetch: 16,
     };
-    consumer::run(settings, config, Arc::new(Keeper { pool }), token).await;
+    consumer::run(settings, config, Arc::new(Keeper { pool, vault }), token).await;
 }
 
 struct Keeper {
     pool: PgPool,
+    vault: Arc<Vault>,
 }
 
 impl Handler for Keeper {
@@ -208,7 +253,7 @@ impl Handler for Keeper {
         // The same dead-lettering delivered again (the keeper died after its commit, before its
         // ack) has the same key, and is parked once.
         let key = death.source_key(&message.body);
-        match park_once(&mut tx, &parked, Some(&key)).await? {
+        match park_once(&mut tx, &self.vault, &parked, Some(&key)).await? {
             Some(id) => tracing::warn!(
                 dead_letter.id = id,
                 step = parked.step,
@@ -551,10 +596,10 @@ fn summary_of(row: &sqlx::postgres::PgRow) -> DeadLetterSummary {
 }
 
 /// One dead letter with its message; `None` if unknown.
-pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeadLetterDetail>> {
+pub async fn get(pool: &PgPool, vault: &Vault, id: i64) -> sqlx::Result<Option<DeadLetterDetail>> {
     use sqlx::Row;
     let sql = format!(
-        "SELECT {SUMMARY_COLUMNS}, routing_key, headers, body FROM dead_letters WHERE id = $1"
+        "SELECT {SUMMARY_COLUMNS}, routing_key, headers, body, body_key_id, body_erased_at FROM dead_letters WHERE id = $1"
     );
     let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(id)
@@ -563,7 +608,7 @@ pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeadLetterDetail
     else {
         return Ok(None);
     };
-    let body: Vec<u8> = row.get("body");
+    let body = body_of(&row, vault)?.unwrap_or_default();
     Ok(Some(DeadLetterDetail {
         summary: summary_of(&row),
         routing_key: row.get("routing_key"),
@@ -810,13 +855,14 @@ pub enum ActionError {
 /// the dead letter (who, when, why) and the application's history.
 pub async fn replay(
     pool: &PgPool,
+    vault: &Vault,
     id: i64,
     who: &str,
     why: &str,
 ) -> Result<DeadLetterSummary, ActionError> {
     use sqlx::Row;
     let mut tx = pool.begin().await?;
-    let row = sqlx::query("SELECT step, error_kind, application_id, state, routing_key, headers, body FROM dead_letters WHERE id = $1 FOR UPDATE")
+    let row = sqlx::query("SELECT step, error_kind, application_id, state, routing_key, headers, body, body_key_id, body_erased_at FROM dead_letters WHERE id = $1 FOR UPDATE")
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?
@@ -833,9 +879,9 @@ pub async fn replay(
     }
     let detail = format!("dead letter {id} replayed by {who}: {why}");
     if let Some(application_id) = application_id
-        && let Some(current) = crate::applications::load(&mut tx, application_id, true).await?
+        && let Some(status) = crate::applications::lock_status(&mut tx, application_id).await?
     {
-        if current.status == crate::domain::Status::Failed {
+        if status == crate::domain::Status::Failed {
             let before: Option<String> = sqlx::query_scalar(
                 "SELECT status FROM application_history WHERE application_id = $1 AND status <> 'failed' ORDER BY id DESC LIMIT 1",
             )
@@ -896,7 +942,7 @@ pub async fn replay(
                     message_id: application_id.map(|a| a.to_string()),
                     content_type: Some("application/json".into()),
                     headers: Value::Object(original),
-                    body: row.get("body"),
+                    body: body_of(&row, vault)?.unwrap_or_default(),
                     mandatory: true,
                     expiration_ms: None,
                 },
@@ -928,7 +974,7 @@ pub async fn discard(
         return Err(ActionError::NotParked { id, state });
     }
     if let Some(application_id) = application_id
-        && crate::applications::load(&mut tx, application_id, true)
+        && crate::applications::lock_status(&mut tx, application_id)
             .await?
             .is_some()
     {
@@ -1156,6 +1202,7 @@ pub struct BulkOutcome {
 /// skipped and said so. Give the `filter` of a [`bulk_preview`] (it bounds the ids).
 pub async fn bulk_apply(
     pool: &PgPool,
+    vault: &Vault,
     filter: &Filter,
     action: BulkAction,
     who: &str,
@@ -1179,7 +1226,7 @@ pub async fn bulk_apply(
     let mut outcome = BulkOutcome::default();
     for id in ids {
         let result = match action {
-            BulkAction::Replay => replay(pool, id, who, why).await,
+            BulkAction::Replay => replay(pool, vault, id, who, why).await,
             BulkAction::Discard => discard(pool, id, who, why).await,
         };
         match result {

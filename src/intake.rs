@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -30,6 +29,7 @@ use crate::route;
 use crate::telemetry::metrics as names;
 use crate::topology::APPLICATION_QUEUE;
 use crate::validation::{self, Verdict};
+use crate::vault::Vault;
 
 /// The step name the intake writes in history rows and dead-letter headers.
 pub const STEP: &str = "intake";
@@ -121,6 +121,7 @@ impl IntakeStats {
 /// The intake's handler.
 pub struct Intake {
     pool: PgPool,
+    vault: Arc<Vault>,
     stats: Arc<IntakeStats>,
     admission: Admission,
     /// Fault injection for tests: while positive, each commit is followed by a simulated crash
@@ -132,6 +133,7 @@ pub struct Intake {
 pub async fn run(
     settings: Settings,
     pool: PgPool,
+    vault: Arc<Vault>,
     prefetch: u16,
     stats: Arc<IntakeStats>,
     crash_after_commit: Arc<AtomicU32>,
@@ -149,6 +151,7 @@ pub async fn run(
     let intake = Arc::new(Intake {
         admission,
         pool,
+        vault,
         stats,
         crash_after_commit,
     });
@@ -197,8 +200,9 @@ pub fn decode(body: &[u8]) -> Decoded {
     }
 }
 
-/// SHA-256 of the object's canonical JSON (keys sorted), so key order does not matter.
-pub fn content_hash(object: &Value) -> Vec<u8> {
+/// The object's canonical JSON (keys sorted), so key order does not matter: what duplicate
+/// detection hashes (a keyed hash, `vault::Index::Content`).
+pub fn canonical_json(object: &Value) -> Vec<u8> {
     fn canonical(value: &Value) -> Value {
         match value {
             Value::Object(map) => {
@@ -210,8 +214,7 @@ pub fn content_hash(object: &Value) -> Vec<u8> {
             other => other.clone(),
         }
     }
-    let bytes = serde_json::to_vec(&canonical(object)).expect("a JSON value serialises");
-    Sha256::digest(bytes).to_vec()
+    serde_json::to_vec(&canonical(object)).expect("a JSON value serialises")
 }
 
 impl Handler for Intake {
@@ -227,7 +230,16 @@ impl Handler for Intake {
                 let why = format!("the message could not be stored ({error:#})");
                 tracing::error!(error = %why, "intake parked a message the database refused");
                 let mut tx = self.pool.begin().await?;
-                park(&mut tx, message, None, ErrorKind::Permanent, why, None).await?;
+                park(
+                    &mut tx,
+                    &self.vault,
+                    message,
+                    None,
+                    ErrorKind::Permanent,
+                    why,
+                    None,
+                )
+                .await?;
                 crate::outbox::commit(tx, &self.pool).await?;
                 Outcome::Malformed
             }
@@ -252,10 +264,19 @@ impl Intake {
         let mut tx = self.pool.begin().await?;
         let outcome = match decode(&message.body) {
             Decoded::Malformed(why) => {
-                park(&mut tx, message, None, ErrorKind::Malformed, why, None).await?;
+                park(
+                    &mut tx,
+                    &self.vault,
+                    message,
+                    None,
+                    ErrorKind::Malformed,
+                    why,
+                    None,
+                )
+                .await?;
                 Outcome::Malformed
             }
-            Decoded::Object(object) => record(&mut tx, message, &object).await?,
+            Decoded::Object(object) => record(&mut tx, &self.vault, message, &object).await?,
         };
         crate::outbox::commit(tx, &self.pool).await?;
         Ok(outcome)
@@ -285,15 +306,16 @@ fn server_trouble(sqlstate: &str) -> bool {
 
 async fn record(
     tx: &mut sqlx::PgConnection,
+    vault: &Vault,
     message: &Message,
     object: &Value,
 ) -> anyhow::Result<Outcome> {
-    let hash = content_hash(object);
+    let canonical = canonical_json(object);
     let (application_id, new, valid) =
         match validation::validate(object, validation::today_in_minsk()) {
             Verdict::NoId(errors) => {
                 let why = format!("not an application: {}", sentence(&errors));
-                park(tx, message, None, ErrorKind::Invalid, why, None).await?;
+                park(tx, vault, message, None, ErrorKind::Invalid, why, None).await?;
                 return Ok(Outcome::Invalid);
             }
             Verdict::Valid(application) => {
@@ -301,7 +323,7 @@ async fn record(
                     application_id: application.application_id,
                     kind: Some(application.kind),
                     issuing_service: Some(&application.issuing_service),
-                    content_sha256: &hash,
+                    canonical: &canonical,
                     payload: &application.normalized,
                 };
                 // Handed over already in the first step's status, in the statement that
@@ -318,7 +340,7 @@ async fn record(
                     work: &work,
                 };
                 let inserted =
-                    applications::insert_received(tx, &new, STEP, Some(hand_off)).await?;
+                    applications::insert_received(tx, vault, &new, STEP, Some(hand_off)).await?;
                 (application.application_id, inserted, Ok(application.kind))
             }
             Verdict::Invalid {
@@ -331,10 +353,10 @@ async fn record(
                     application_id,
                     kind,
                     issuing_service: issuing_service.as_deref(),
-                    content_sha256: &hash,
+                    canonical: &canonical,
                     payload: object,
                 };
-                let inserted = applications::insert_received(tx, &new, STEP, None).await?;
+                let inserted = applications::insert_received(tx, vault, &new, STEP, None).await?;
                 (application_id, inserted, Err(errors))
             }
         };
@@ -349,6 +371,7 @@ async fn record(
             );
             park(
                 tx,
+                vault,
                 message,
                 Some(application_id),
                 ErrorKind::Conflict,
@@ -397,6 +420,7 @@ fn sentence(errors: &[FieldError]) -> String {
 
 async fn park(
     tx: &mut sqlx::PgConnection,
+    vault: &Vault,
     message: &Message,
     application_id: Option<Uuid>,
     kind: ErrorKind,
@@ -416,7 +440,7 @@ async fn park(
         attempts: 1,
         first_failed_at: message.received_at,
     };
-    dead_letters::park(tx, &parked).await
+    dead_letters::park(tx, vault, &parked).await
 }
 
 #[cfg(test)]
@@ -504,11 +528,11 @@ mod tests {
     }
 
     #[test]
-    fn content_hash_ignores_key_order_but_not_values() {
+    fn canonical_json_ignores_key_order_but_not_values() {
         let a: Value = serde_json::from_str(r#"{"x": 1, "y": {"b": 2, "a": [1, 2]}}"#).unwrap();
         let b: Value = serde_json::from_str(r#"{"y": {"a": [1, 2], "b": 2}, "x": 1}"#).unwrap();
         let c: Value = serde_json::from_str(r#"{"y": {"a": [2, 1], "b": 2}, "x": 1}"#).unwrap();
-        assert_eq!(content_hash(&a), content_hash(&b));
-        assert_ne!(content_hash(&a), content_hash(&c));
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_ne!(canonical_json(&a), canonical_json(&c));
     }
 }

@@ -29,3 +29,4 @@ pub mod topology;
 pub mod trace;
 pub mod vacuum;
 pub mod validation;
+pub mod vault;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::intake::IntakeStats;
+use crate::vault::Vault;
 use crate::{amqp, db, dead_letters, intake, outbox};
 
 /// A part of the system one process can host (`uidflow run --only <part>,…`).
@@ -120,6 +121,8 @@ pub struct RunOptions {
     pub crash_intake_after_commit: Arc<AtomicU32>,
     /// API tokens; `None`: from `API_TOKENS_FILE`, or local ones made in `.uidflow/tokens`.
     pub tokens: Option<crate::api::auth::Tokens>,
+    /// Data keys; `None`: from `DATA_KEYS_FILE`, or local ones made in `.uidflow/keys`.
+    pub vault: Option<Arc<Vault>>,
 }
 
 impl Default for RunOptions {
@@ -130,6 +133,7 @@ impl Default for RunOptions {
             part_concurrency: Default::default(),
             crash_intake_after_commit: Arc::new(AtomicU32::new(0)),
             tokens: None,
+            vault: None,
         }
     }
 }
@@ -211,6 +215,8 @@ pub struct System {
     pub intake_stats: Arc<IntakeStats>,
     /// Where the HTTP API listens, if this process hosts it.
     pub api_addr: Option<std::net::SocketAddr>,
+    /// The data keys the parts seal and open personal data with.
+    pub vault: Arc<Vault>,
 }
 
 /// Starts the core parts of `options` (intake, outbox, keeper) on a prepared database; the
@@ -238,6 +244,10 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> anyhow
         api_addr = Some(listener.local_addr()?);
         api = Some((listener, tokens));
     }
+    let vault = match &options.vault {
+        Some(vault) => Arc::clone(vault),
+        None => data_keys(settings)?,
+    };
     let mut tasks = JoinSet::new();
     let intake_stats = Arc::new(IntakeStats::default());
     for part in &options.parts {
@@ -247,7 +257,10 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> anyhow
                 let stats = Arc::clone(&intake_stats);
                 let crash = Arc::clone(&options.crash_intake_after_commit);
                 let prefetch = options.concurrency_of(Part::Intake);
-                tasks.spawn(intake::run(settings, pool, prefetch, stats, crash, token));
+                let vault = Arc::clone(&vault);
+                tasks.spawn(intake::run(
+                    settings, pool, vault, prefetch, stats, crash, token,
+                ));
             }
             Part::Outbox => {
                 for _ in 0..outbox::RELAYS {
@@ -262,12 +275,13 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> anyhow
                 tasks.spawn(crate::vacuum::run(pool, token));
             }
             Part::DeadLetterKeeper => {
-                tasks.spawn(dead_letters::run_keeper(settings, pool, token));
+                let vault = Arc::clone(&vault);
+                tasks.spawn(dead_letters::run_keeper(settings, pool, vault, token));
             }
             Part::Api => {
                 let (listener, tokens) = api.take().expect("bound above");
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                let state = crate::api::ApiState::new(settings, pool, tokens);
+                let state = crate::api::ApiState::new(settings, pool, tokens, Arc::clone(&vault));
                 tasks.spawn(async move {
                     if let Err(error) = crate::api::serve(listener, state, token).await {
                         tracing::error!(error = %error, "the HTTP API stopped");
@@ -285,7 +299,34 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> anyhow
         tasks,
         intake_stats,
         api_addr,
+        vault,
     })
+}
+
+/// Where `uidflow run` keeps data keys it made itself (`DATA_KEYS_FILE` unset).
+pub const LOCAL_DATA_KEYS: &str = ".uidflow/keys/data-keys.toml";
+
+/// The data keys of `settings`: the file of `DATA_KEYS_FILE`, or a local file made (once) in
+/// [`LOCAL_DATA_KEYS`], whose place is printed, like local API tokens.
+pub fn data_keys(settings: &Settings) -> anyhow::Result<Arc<Vault>> {
+    match &settings.data_keys_file {
+        Some(path) => Vault::from_file(path)
+            .map(Arc::new)
+            .map_err(|e| anyhow::anyhow!("DATA_KEYS_FILE: {e}")),
+        None => {
+            let path = std::path::Path::new(LOCAL_DATA_KEYS);
+            let (vault, made) = Vault::create_or_open(path).map_err(|e| {
+                anyhow::anyhow!("cannot use local data keys ({e}); set DATA_KEYS_FILE")
+            })?;
+            let _ = writeln!(
+                std::io::stderr(),
+                "data keys (DATA_KEYS_FILE unset): {} {} (local only: losing it loses the personal data it sealed; in production set DATA_KEYS_FILE)",
+                if made { "made" } else { "using" },
+                path.display()
+            );
+            Ok(Arc::new(vault))
+        }
+    }
 }
 
 /// The API tokens of `settings`: the file of `API_TOKENS_FILE`, or local tokens made (once)

@@ -147,12 +147,20 @@ pub struct ApiState {
     limits: Limits,
     /// The console's sign-in sessions.
     console: Arc<console::Sessions>,
+    /// The data keys (a dead letter's body is stored sealed).
+    vault: Arc<crate::vault::Vault>,
 }
 
 impl ApiState {
     /// State for the API of `settings`.
-    pub fn new(settings: Settings, pool: PgPool, tokens: Tokens) -> Self {
+    pub fn new(
+        settings: Settings,
+        pool: PgPool,
+        tokens: Tokens,
+        vault: Arc<crate::vault::Vault>,
+    ) -> Self {
         Self {
+            vault,
             sampler: Arc::new(sampler::QueueSampler::new(
                 settings.clone(),
                 sampler::SAMPLE_TTL,
@@ -781,9 +789,16 @@ async fn bulk_dead_letters(
     let why = reason_of(&Bytes::from(
         json!({"reason": request.get("reason").cloned().unwrap_or(Value::Null)}).to_string(),
     ))?;
-    let outcome = dead_letters::bulk_apply(&state.pool, &filter, action, &caller.name, &why)
-        .await
-        .map_err(action_error)?;
+    let outcome = dead_letters::bulk_apply(
+        &state.pool,
+        &state.vault,
+        &filter,
+        action,
+        &caller.name,
+        &why,
+    )
+    .await
+    .map_err(action_error)?;
     let skipped: Vec<Value> = outcome
         .skipped
         .iter()
@@ -808,7 +823,7 @@ async fn get_dead_letter(
 ) -> Result<Response, ApiError> {
     operator(&caller)?;
     let id = parse_dead_letter_id(&id)?;
-    match dead_letters::get(&state.pool, id).await? {
+    match dead_letters::get(&state.pool, &state.vault, id).await? {
         Some(detail) => Ok(Json(detail).into_response()),
         None => Err(ApiError::NotFound(format!("no dead letter {id}"))),
     }
@@ -851,7 +866,7 @@ async fn replay_dead_letter(
     operator(&caller)?;
     let id = parse_dead_letter_id(&id)?;
     let why = reason_of(&body)?;
-    let summary = dead_letters::replay(&state.pool, id, &caller.name, &why)
+    let summary = dead_letters::replay(&state.pool, &state.vault, id, &caller.name, &why)
         .await
         .map_err(action_error)?;
     Ok(Json(summary).into_response())

@@ -46,6 +46,7 @@ use crate::route::{self, Next, Turn};
 use crate::topology::{
     RETRY_EXCHANGE, TIMER_EXCHANGE, WORK_EXCHANGE, retry_routing_key, step_queue,
 };
+use crate::vault::Vault;
 
 use crate::telemetry::metrics::{OUT_OF_ORDER_TOTAL, STEP_DURATION_SECONDS};
 
@@ -56,6 +57,8 @@ pub struct StepContext {
     pub settings: Settings,
     /// The database.
     pub pool: PgPool,
+    /// The data keys (personal data is sealed at rest).
+    pub vault: Arc<Vault>,
 }
 
 /// What a step decided.
@@ -122,6 +125,7 @@ pub async fn run<S: Step>(
     step: S,
     concurrency: u16,
     breakers: Arc<Breakers>,
+    vault: Arc<Vault>,
     token: CancellationToken,
 ) {
     let config = ConsumerConfig {
@@ -135,6 +139,7 @@ pub async fn run<S: Step>(
         cx: StepContext {
             settings: settings.clone(),
             pool,
+            vault,
         },
         step,
         breakers,
@@ -256,6 +261,7 @@ impl<S: Step> StepRunner<S> {
                 let why = format!("the work item is not readable ({error})");
                 park(
                     &mut tx,
+                    &self.cx.vault,
                     S::NAME,
                     message,
                     None,
@@ -333,7 +339,7 @@ impl<S: Step> StepRunner<S> {
         // whose turn it is (the locked one below decides; this one only spares the call).
         let prepared = if S::CALLS_OUT {
             let mut conn = pool.acquire().await?;
-            let found = applications::load_for_step(&mut conn, id).await?;
+            let found = applications::load_for_step(&mut conn, &self.cx.vault, id).await?;
             drop(conn);
             let Some((application, done)) = found else {
                 let tx = pool.begin().await?;
@@ -355,7 +361,7 @@ impl<S: Step> StepRunner<S> {
             None
         };
         let mut tx = pool.begin().await?;
-        let Some(mut locked) = applications::load(&mut tx, id, true).await? else {
+        let Some(mut locked) = applications::load(&mut tx, &self.cx.vault, id, true).await? else {
             return self.park_unknown(tx, message, &item).await;
         };
         // The ledger is read in a statement of its own, after the lock: a statement that had to
@@ -434,6 +440,7 @@ impl<S: Step> StepRunner<S> {
         let id = item.application_id;
         let dead = park_work(
             &mut tx,
+            &self.cx.vault,
             S::NAME,
             message,
             item,
@@ -464,6 +471,7 @@ impl<S: Step> StepRunner<S> {
         let why = format!("application {id} does not exist or is not a valid application");
         park(
             &mut tx,
+            &self.cx.vault,
             S::NAME,
             message,
             Some(id),
@@ -581,6 +589,7 @@ impl<S: Step> StepRunner<S> {
                     let first = item.first_failed_at;
                     let dead = park_work(
                         &mut tx,
+                        &self.cx.vault,
                         S::NAME,
                         message,
                         item,
@@ -611,6 +620,7 @@ impl<S: Step> StepRunner<S> {
                 let why = format!("{source:#}");
                 let dead = park_work(
                     &mut tx,
+                    &self.cx.vault,
                     S::NAME,
                     message,
                     item,
@@ -726,6 +736,7 @@ async fn hand_off_recording(
 
 async fn park(
     tx: &mut PgConnection,
+    vault: &Vault,
     step: &str,
     message: &Message,
     application_id: Option<uuid::Uuid>,
@@ -743,11 +754,12 @@ async fn park(
         attempts,
         first_failed_at: message.received_at,
     };
-    dead_letters::park(tx, &parked).await
+    dead_letters::park(tx, vault, &parked).await
 }
 
 async fn park_work(
     tx: &mut PgConnection,
+    vault: &Vault,
     step: &str,
     message: &Message,
     item: &WorkItem,
@@ -765,7 +777,7 @@ async fn park_work(
         attempts: item.attempt,
         first_failed_at: first_failed_at.unwrap_or(message.received_at),
     };
-    dead_letters::park(tx, &parked).await
+    dead_letters::park(tx, vault, &parked).await
 }
 
 #[cfg(test)]

@@ -236,6 +236,7 @@ async fn a_bulk_action_applies_to_the_previewed_set_and_each_enters_the_audit() 
 
     let skipped = dead_letters::bulk_apply(
         &app.pool,
+        &app.vault,
         &preview.filter,
         BulkAction::Replay,
         "operator",
@@ -246,6 +247,7 @@ async fn a_bulk_action_applies_to_the_previewed_set_and_each_enters_the_audit() 
     assert_eq!((skipped.done.len(), skipped.skipped.len()), (0, 3));
     let outcome = dead_letters::bulk_apply(
         &app.pool,
+        &app.vault,
         &preview.filter,
         BulkAction::Discard,
         "operator",

@@ -111,8 +111,13 @@ async fn own_api(
     tokio_util::sync::CancellationToken,
 ) {
     let (tokens, plain) = crate::common::test_tokens();
-    let state = uidflow::api::ApiState::new(app.settings.clone(), app.pool.clone(), tokens)
-        .with_limits(limits);
+    let state = uidflow::api::ApiState::new(
+        app.settings.clone(),
+        app.pool.clone(),
+        tokens,
+        app.vault.clone(),
+    )
+    .with_limits(limits);
     let sampler = state.queue_sampler();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -300,7 +305,7 @@ async fn readyz_says_not_ready_without_the_drivers_words() {
     let mut settings = app.settings.clone();
     settings.amqp_url = "amqp://nobody:wrong@127.0.0.1:5672/%2f".to_owned().into();
     let (tokens, _) = crate::common::test_tokens();
-    let state = uidflow::api::ApiState::new(settings, app.pool.clone(), tokens);
+    let state = uidflow::api::ApiState::new(settings, app.pool.clone(), tokens, app.vault.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();

@@ -48,6 +48,8 @@ pub struct TestApp {
     pub api: Option<String>,
     /// Tokens by name: `operator`, `clerk-<service>` (see `test_tokens`).
     pub tokens: HashMap<String, String>,
+    /// The data keys of the system the test starts (held in memory).
+    pub vault: std::sync::Arc<uidflow::vault::Vault>,
 }
 
 /// Tokens for tests: an operator and a clerk per example issuing service, with their names.
@@ -129,6 +131,9 @@ impl TestApp {
         let app = Self::prepare().await;
         let (tokens, plain) = test_tokens();
         options.tokens = Some(tokens);
+        options
+            .vault
+            .get_or_insert_with(|| std::sync::Arc::clone(&app.vault));
         let system = system::start(&app.settings, &app.pool, &options).expect("the system starts");
         let api = system.api_addr.map(|addr| format!("http://{addr}"));
         Self {
@@ -176,6 +181,11 @@ impl TestApp {
         let (tokens, plain) = test_tokens();
         let options = RunOptions {
             tokens: Some(tokens),
+            vault: Some(
+                options
+                    .vault
+                    .unwrap_or_else(|| std::sync::Arc::clone(&self.vault)),
+            ),
             ..options
         };
         let running = uidflow_cli::start(settings, pool, &options, Default::default())
@@ -279,6 +289,7 @@ impl TestApp {
             sim_addr: None,
             api: None,
             tokens: HashMap::new(),
+            vault: std::sync::Arc::new(uidflow::vault::Vault::ephemeral()),
         }
     }
 
@@ -455,6 +466,43 @@ impl TestApp {
         .await
     }
 
+    /// The payload of an application as stored, opened with the test's data keys (`None` when
+    /// erased or unknown).
+    pub async fn payload(&self, id: &str) -> Option<Value> {
+        let id = Uuid::parse_str(id).expect("an application id");
+        let row = sqlx::query(
+            "SELECT a.payload, p.key_id, p.sealed FROM applications a
+             LEFT JOIN application_payloads p USING (application_id) WHERE a.application_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .expect("query")?;
+        uidflow::applications::payload_of(&row, &self.vault, id).expect("the payload opens")
+    }
+
+    /// The body of a `dead_letters` row as the message had it (opened with the test's keys).
+    pub fn opened_body(&self, row: &sqlx::postgres::PgRow) -> Vec<u8> {
+        uidflow::dead_letters::body_of(row, &self.vault)
+            .expect("the body opens")
+            .expect("the body is not erased")
+    }
+
+    /// The body of every dead letter as the message had it (opened), oldest first.
+    pub async fn dead_letter_bodies(&self) -> Vec<Vec<u8>> {
+        sqlx::query("SELECT body, body_key_id, body_erased_at FROM dead_letters ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .expect("query")
+            .iter()
+            .map(|row| {
+                uidflow::dead_letters::body_of(row, &self.vault)
+                    .expect("the body opens")
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
     /// Waits until `count` dead letters exist and returns them, oldest first.
     pub async fn wait_for_dead_letters(&self, count: i64) -> Vec<sqlx::postgres::PgRow> {
         wait_until(&format!("{count} dead letters"), || async {
@@ -525,18 +573,32 @@ pub async fn spawn_clerk(
     token: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let pool = app.pool.clone();
+    let vault = std::sync::Arc::clone(&app.vault);
     let sim = app.sim().clone();
     let channel = app.connection.create_channel().await.unwrap();
     tokio::spawn(async move {
         let mut typed: HashMap<String, String> = HashMap::new();
         while !token.is_cancelled() {
-            let waiting: Vec<(String, String)> = sqlx::query_as(
-                "SELECT application_id::text, payload->>'phone' FROM applications WHERE status = 'awaiting_phone_confirmation'",
+            let waiting: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT application_id FROM applications WHERE status = 'awaiting_phone_confirmation'",
             )
             .fetch_all(&pool)
             .await
             .unwrap_or_default();
-            for (id, phone) in waiting {
+            for id in waiting {
+                // The phone is sealed in the database: opened as a step opens it.
+                let Ok(mut conn) = pool.acquire().await else {
+                    continue;
+                };
+                let Ok(Some(application)) =
+                    uidflow::applications::load(&mut conn, &vault, id, false).await
+                else {
+                    continue;
+                };
+                let Some(phone) = application.phone.map(|p| p.as_str().to_owned()) else {
+                    continue;
+                };
+                let id = id.to_string();
                 let newest = sim
                     .messages_to(&phone)
                     .iter()

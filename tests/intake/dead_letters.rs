@@ -51,11 +51,11 @@ async fn malformed_bodies_are_parked_byte_for_byte_with_the_contract_headers() {
         }
     }
     let rows = app.wait_for_dead_letters(bodies.len() as i64).await;
-    let stored: BTreeSet<Vec<u8>> = rows.iter().map(|r| r.get::<Vec<u8>, _>("body")).collect();
+    let stored: BTreeSet<Vec<u8>> = rows.iter().map(|r| app.opened_body(&r)).collect();
     assert_eq!(stored, bodies.iter().cloned().collect::<BTreeSet<_>>());
     let big = rows
         .iter()
-        .find(|r| r.get::<Vec<u8>, _>("body").len() > 64 * 1024)
+        .find(|r| app.opened_body(&r).len() > 64 * 1024)
         .unwrap();
     assert!(big.get::<String, _>("error").contains("limit is 65536"));
     assert_eq!(
@@ -77,7 +77,7 @@ async fn an_object_without_a_valid_id_is_parked_as_invalid_with_every_error() {
     let error = rows[0].get::<String, _>("error");
     assert!(error.contains("application_id: must be a UUID"), "{error}");
     assert!(error.contains("kind: must be one of"), "{error}");
-    assert_eq!(rows[0].get::<Vec<u8>, _>("body"), body.to_vec());
+    assert_eq!(app.opened_body(&rows[0]), body.to_vec());
     app.stop().await;
 }
 
@@ -136,7 +136,7 @@ async fn a_message_over_its_delivery_limit_is_parked_by_the_keeper_as_exhausted(
     let rows = app.wait_for_dead_letters(1).await;
     assert_eq!(rows[0].get::<String, _>("error_kind"), "exhausted");
     assert_eq!(rows[0].get::<String, _>("step"), "register");
-    assert_eq!(rows[0].get::<Vec<u8>, _>("body"), body.to_vec());
+    assert_eq!(app.opened_body(&rows[0]), body.to_vec());
     assert!(
         returned > uidflow::topology::DELIVERY_LIMIT as usize,
         "returned {returned} times"

@@ -81,7 +81,7 @@ async fn conflicting_repeat_is_parked_and_the_first_application_is_untouched() {
         row.get::<Option<String>, _>("reason_code").as_deref(),
         Some("duplicate_conflict")
     );
-    assert_eq!(row.get::<Vec<u8>, _>("body"), second_bytes);
+    assert_eq!(app.opened_body(&row), second_bytes);
     assert_eq!(
         row.get::<Option<uuid::Uuid>, _>("application_id")
             .map(|u| u.to_string()),
@@ -99,13 +99,7 @@ async fn conflicting_repeat_is_parked_and_the_first_application_is_untouched() {
         app.status_of(&id).await.as_deref(),
         Some("verifying_identity")
     );
-    let phone: Value = sqlx::query_scalar(
-        "SELECT payload->'phone' FROM applications WHERE application_id = $1::uuid",
-    )
-    .bind(&id)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let phone: Value = app.payload(&id).await.expect("a payload")["phone"].clone();
     assert_eq!(
         phone, first["phone"],
         "the first application keeps its content"

@@ -71,12 +71,7 @@ async fn valid_application_is_received_with_history_event_and_hand_off() {
         "no personal data on internal queues"
     );
 
-    let stored: Value =
-        sqlx::query_scalar("SELECT payload FROM applications WHERE application_id = $1::uuid")
-            .bind(&id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let stored: Value = app.payload(&id).await.expect("a payload");
     let expected = uidflow::domain::Phone::parse(application["phone"].as_str().unwrap()).unwrap();
     assert_eq!(
         stored["phone"],

@@ -40,10 +40,7 @@ fn assert_sentence(text: &str, case: &Case) {
 
 /// Names the cases with no committed outcome yet, to make a timeout readable.
 async fn unhandled(app: &TestApp, cases: &[&Case]) -> Vec<String> {
-    let parked: Vec<Vec<u8>> = sqlx::query_scalar("SELECT body FROM dead_letters")
-        .fetch_all(&app.pool)
-        .await
-        .expect("dead letters");
+    let parked: Vec<Vec<u8>> = app.dead_letter_bodies().await;
     let parked: BTreeSet<&[u8]> = parked.iter().map(Vec::as_slice).collect();
     let recorded: Vec<Uuid> = sqlx::query_scalar("SELECT application_id FROM applications")
         .fetch_all(&app.pool)
@@ -104,7 +101,7 @@ async fn check(app: &TestApp, cases: &[&Case], queued: &mut Vec<Vec<u8>>) {
     assert_eq!(stats.conflicts.load(Ordering::Relaxed), 0);
 
     // Dead letters: the exact bytes, the right kind, a short sentence.
-    let rows = sqlx::query("SELECT body, error_kind, error, application_id FROM dead_letters")
+    let rows = sqlx::query("SELECT body, body_key_id, body_erased_at, error_kind, error, application_id FROM dead_letters")
         .fetch_all(&app.pool)
         .await
         .expect("dead letters");
@@ -114,7 +111,7 @@ async fn check(app: &TestApp, cases: &[&Case], queued: &mut Vec<Vec<u8>>) {
         .iter()
         .map(|r| {
             (
-                r.get::<Vec<u8>, _>("body"),
+                app.opened_body(&r),
                 (r.get("error_kind"), r.get("error"), r.get("application_id")),
             )
         })

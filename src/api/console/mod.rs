@@ -877,7 +877,7 @@ async fn dead_letter_page(
     let not_found =
         || PageError::new(StatusCode::NOT_FOUND, format!("No dead letter {id}.")).for_me(&me);
     let parsed: i64 = id.parse().map_err(|_| not_found())?;
-    let detail = dead_letters::get(&state.pool, parsed)
+    let detail = dead_letters::get(&state.pool, &state.vault, parsed)
         .await?
         .ok_or_else(not_found)?;
     let body = match detail.body.encoding {
@@ -932,7 +932,7 @@ async fn single_action(
     let why = reason(&form.reason).map_err(|e| e.for_me(&me))?;
     let result = match action {
         BulkAction::Replay => {
-            dead_letters::replay(&state.pool, parsed, &me.caller.name, &why).await
+            dead_letters::replay(&state.pool, &state.vault, parsed, &me.caller.name, &why).await
         }
         BulkAction::Discard => {
             dead_letters::discard(&state.pool, parsed, &me.caller.name, &why).await
@@ -1012,9 +1012,16 @@ async fn bulk_apply(
     let why = reason(form.get("reason").map(String::as_str).unwrap_or_default())
         .map_err(|e| e.for_me(&me))?;
     let filter = dead_letter_filter(&form).map_err(|e| e.for_me(&me))?;
-    let outcome = dead_letters::bulk_apply(&state.pool, &filter, action, &me.caller.name, &why)
-        .await
-        .map_err(|e| PageError::from(e).for_me(&me))?;
+    let outcome = dead_letters::bulk_apply(
+        &state.pool,
+        &state.vault,
+        &filter,
+        action,
+        &me.caller.name,
+        &why,
+    )
+    .await
+    .map_err(|e| PageError::from(e).for_me(&me))?;
     #[derive(Serialize)]
     struct Skipped {
         id: i64,

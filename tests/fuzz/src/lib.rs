@@ -1,7 +1,7 @@
 //! Invariants of the intake's pure functions, checked by the fuzz targets in `fuzz_targets/`.
 //!
 //! [`check_body`] runs raw bytes through what the intake does with a delivery before any
-//! database work (`intake::decode` → `validation::validate` → `intake::content_hash`, the trace
+//! database work (`intake::decode` → `validation::validate` → `intake::canonical_json`, the trace
 //! derivation, `db::pg_safe_json`) and through `dead_letters::show_body` (what an operator sees
 //! of a parked message), and asserts what those functions promise, not only that they return.
 //!
@@ -158,7 +158,7 @@ fn assert_no_personal_data(what: &str, text: &[u8]) {
 
 /// Everything about one JSON object that arrived as an application.
 pub fn check_object(object: &Value) -> Summary {
-    check_content_hash(object);
+    check_canonical_json(object);
     check_pg_safe(object);
     check_domain_parsers(object);
     assert_eq!(
@@ -172,21 +172,20 @@ pub fn check_object(object: &Value) -> Summary {
     Summary { verdict, reference }
 }
 
-/// `content_hash`: SHA-256, deterministic, independent of key order and of the serialisation
+/// `canonical_json` (what duplicate detection hashes): deterministic, independent of key order and of the serialisation
 /// (re-serialised, pretty-printed), and sensitive to content.
-fn check_content_hash(object: &Value) {
-    let hash = intake::content_hash(object);
-    assert_eq!(hash.len(), 32);
+fn check_canonical_json(object: &Value) {
+    let hash = intake::canonical_json(object);
     assert_eq!(
         hash,
-        intake::content_hash(&object.clone()),
+        intake::canonical_json(&object.clone()),
         "not deterministic"
     );
     let text = serde_json::to_string(object).expect("serialises");
     let reparsed: Value = serde_json::from_str(&text).expect("its own serialisation parses");
     assert_eq!(
         hash,
-        intake::content_hash(&reparsed),
+        intake::canonical_json(&reparsed),
         "changed by a re-serialisation: {text}"
     );
     let pretty: Value =
@@ -194,12 +193,12 @@ fn check_content_hash(object: &Value) {
             .expect("parses");
     assert_eq!(
         hash,
-        intake::content_hash(&pretty),
+        intake::canonical_json(&pretty),
         "changed by pretty-printing"
     );
     assert_eq!(
         hash,
-        intake::content_hash(&reversed(object)),
+        intake::canonical_json(&reversed(object)),
         "depends on key order"
     );
     let mut other = object.clone();
@@ -209,7 +208,7 @@ fn check_content_hash(object: &Value) {
         map.insert("\u{1}fuzz".into(), Value::Null);
         assert_ne!(
             hash,
-            intake::content_hash(&other),
+            intake::canonical_json(&other),
             "blind to an added field"
         );
     }

@@ -14,6 +14,7 @@ use uidflow::intake::{Decoded, decode};
 use uidflow::route;
 use uidflow::runtime::hand_off;
 use uidflow::topology::PHONE_CONFIRMATION_QUEUE;
+use uidflow::vault::Vault;
 use uuid::Uuid;
 
 /// The third wrong code rejects the application.
@@ -32,6 +33,7 @@ struct Confirmation {
 pub async fn run_consumer(
     settings: Settings,
     pool: PgPool,
+    vault: Arc<Vault>,
     prefetch: u16,
     token: CancellationToken,
 ) {
@@ -40,11 +42,18 @@ pub async fn run_consumer(
         queue: PHONE_CONFIRMATION_QUEUE.into(),
         prefetch,
     };
-    consumer::run(settings, config, Arc::new(Confirmations { pool }), token).await;
+    consumer::run(
+        settings,
+        config,
+        Arc::new(Confirmations { pool, vault }),
+        token,
+    )
+    .await;
 }
 
 struct Confirmations {
     pool: PgPool,
+    vault: Arc<Vault>,
 }
 
 /// What happened to one confirmation.
@@ -91,7 +100,7 @@ impl Handler for Confirmations {
         match parsed {
             Err((kind, why, id)) => {
                 if let Some(id) = id
-                    && applications::load(&mut tx, id, true).await?.is_some()
+                    && applications::lock_status(&mut tx, id).await?.is_some()
                 {
                     applications::note(
                         &mut tx,
@@ -111,10 +120,12 @@ impl Handler for Confirmations {
                     attempts: 1,
                     first_failed_at: message.received_at,
                 };
-                dead_letters::park(&mut tx, &parked).await?;
+                dead_letters::park(&mut tx, &self.vault, &parked).await?;
             }
             Ok(confirmation) => {
-                match applications::load(&mut tx, confirmation.application_id, true).await? {
+                match applications::load(&mut tx, &self.vault, confirmation.application_id, true)
+                    .await?
+                {
                     Some(application) => {
                         let verdict = check(&mut tx, &application, &confirmation.code).await?;
                         tracing::info!(application.id = %application.application_id, verdict = ?verdict, "phone confirmation handled");
@@ -133,7 +144,7 @@ impl Handler for Confirmations {
                             attempts: 1,
                             first_failed_at: message.received_at,
                         };
-                        dead_letters::park(&mut tx, &parked).await?;
+                        dead_letters::park(&mut tx, &self.vault, &parked).await?;
                     }
                 }
             }

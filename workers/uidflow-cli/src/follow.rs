@@ -25,6 +25,7 @@ pub async fn follow(
     settings: &Settings,
     publisher: &Publisher,
     ids: &[Uuid],
+    phones: &HashMap<Uuid, String>,
     confirm_codes: bool,
     timeout: Duration,
     json: bool,
@@ -90,7 +91,8 @@ pub async fn follow(
         if let Some(sms_url) = sms_url.as_deref().filter(|_| confirm_codes) {
             for (id, row) in &statuses {
                 let waiting = row.status == "awaiting_phone_confirmation";
-                let Some(phone) = row.phone.as_deref().filter(|_| waiting) else {
+                // The phone the submitted application named (the database holds it sealed).
+                let Some(phone) = phones.get(id).map(String::as_str).filter(|_| waiting) else {
                     continue;
                 };
                 let Some(code) = newest_code(&http, sms_url, &sim_token, phone).await else {
@@ -171,14 +173,12 @@ struct Progress {
     status: String,
     kind: Option<String>,
     reason: Option<String>,
-    phone: Option<String>,
 }
 
 async fn load(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Progress>> {
     let rows: Vec<Progress> = sqlx::query_as(
         "SELECT application_id, status, kind,
-                nullif(concat_ws(': ', reason->>'code', reason->>'detail'), '') AS reason,
-                payload->>'phone' AS phone
+                nullif(concat_ws(': ', reason->>'code', reason->>'detail'), '') AS reason
          FROM applications WHERE application_id = ANY($1)",
     )
     .bind(ids)

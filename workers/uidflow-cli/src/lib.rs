@@ -81,18 +81,19 @@ pub async fn start(
     for part in &options.parts {
         let (settings, pool) = (settings.clone(), pool.clone());
         let breakers = std::sync::Arc::clone(&breakers);
+        let vault = std::sync::Arc::clone(&system.vault);
         let concurrency = options.concurrency_of(*part);
         match part {
             Part::VerifyIdentity => {
                 let step = verify_identity::VerifyIdentity::new(&mvd_url, http.clone());
                 system.spawn(move |token| {
-                    runtime::run(settings, pool, step, concurrency, breakers, token)
+                    runtime::run(settings, pool, step, concurrency, breakers, vault, token)
                 });
             }
             Part::ConfirmPhone => {
                 let step = confirm_phone::ConfirmPhone::new(&sms_url, http.clone(), hash_params);
                 system.spawn(move |token| {
-                    runtime::run(settings, pool, step, concurrency, breakers, token)
+                    runtime::run(settings, pool, step, concurrency, breakers, vault, token)
                 });
             }
             Part::Register => {
@@ -103,6 +104,7 @@ pub async fn start(
                         registry::Register,
                         concurrency,
                         breakers,
+                        vault,
                         token,
                     )
                 });
@@ -110,12 +112,12 @@ pub async fn start(
             Part::SendSms => {
                 let step = send_sms::SendSms::new(&sms_url, http.clone(), hash_params);
                 system.spawn(move |token| {
-                    runtime::run(settings, pool, step, concurrency, breakers, token)
+                    runtime::run(settings, pool, step, concurrency, breakers, vault, token)
                 });
             }
             Part::PhoneConfirmation => {
                 system.spawn(move |token| {
-                    confirm_phone::run_consumer(settings, pool, concurrency, token)
+                    confirm_phone::run_consumer(settings, pool, vault, concurrency, token)
                 });
             }
             Part::Intake | Part::Outbox | Part::DeadLetterKeeper | Part::Api => {}

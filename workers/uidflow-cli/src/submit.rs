@@ -170,10 +170,23 @@ pub async fn run(
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
+        // Each application's phone, normalised as uidflow stores it, to find its code in the
+        // SMS simulator.
+        let phones: std::collections::HashMap<uuid::Uuid, String> = messages
+            .iter()
+            .filter(|m| m.routing_key == APPLICATION_ROUTING_KEY)
+            .filter_map(|m| {
+                let id = uuid::Uuid::parse_str(m.message_id.as_deref()?).ok()?;
+                let body: serde_json::Value = serde_json::from_slice(&m.body).ok()?;
+                let phone = uidflow::domain::Phone::parse(body.get("phone")?.as_str()?).ok()?;
+                Some((id, phone.as_str().to_owned()))
+            })
+            .collect();
         let outcome = crate::follow::follow(
             settings,
             &publisher,
             &ids,
+            &phones,
             follow.confirm_codes,
             follow.timeout,
             follow.json,
