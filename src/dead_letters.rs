@@ -160,7 +160,7 @@ pub async fn park_once(
 
 /// The blind index of the person a body names (`applicant.identification_number` of a JSON
 /// body), for a person's data request.
-fn subject_of_body(vault: &Vault, body: &[u8]) -> Option<Vec<u8>> {
+pub fn subject_of_body(vault: &Vault, body: &[u8]) -> Option<Vec<u8>> {
     let value: Value = serde_json::from_slice(body).ok()?;
     let number = value
         .pointer("/applicant/identification_number")?

@@ -272,6 +272,11 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> anyhow
                     pool.clone(),
                     token.clone(),
                 ));
+                tasks.spawn(crate::retention::run(
+                    settings.clone(),
+                    pool.clone(),
+                    token.clone(),
+                ));
                 tasks.spawn(crate::vacuum::run(pool, token));
             }
             Part::DeadLetterKeeper => {

@@ -9,6 +9,7 @@ mod forged;
 mod kinds;
 mod nodes;
 mod phone;
+mod privacy;
 mod reconcile;
 mod rejections;
 mod retries;

@@ -12,6 +12,7 @@
 mod bench;
 mod chaos;
 mod follow;
+mod privacy;
 mod reconcile;
 mod remote;
 mod resources;
@@ -38,6 +39,23 @@ use uidflow::system::{self, RunOptions};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// `uidflow subject …`.
+#[derive(Debug, Subcommand)]
+enum SubjectCommand {
+    /// Prints (JSON) everything held about the person with this identification number; the
+    /// export itself is recorded in the audit trail with who and why.
+    Export {
+        /// The person's identification number.
+        number: String,
+        /// Why (the request's reference): required, recorded.
+        #[arg(long)]
+        reason: String,
+        /// Who exports (recorded); default: the operating-system user ($USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,6 +167,26 @@ enum Command {
         #[arg(long, value_parser = parse_wait)]
         grace: Option<Duration>,
     },
+    /// The data keys that seal personal data at rest (DATA_KEYS_FILE): make, list, rotate.
+    #[command(subcommand)]
+    Keys(privacy::KeysCommand),
+    /// Erases the personal data of applications that ended longer than RETENTION ago and the
+    /// bodies of dead letters settled as long ago (`uidflow run` does it every hour).
+    #[command(group(clap::ArgGroup::new("mode").required(true).args(["dry_run", "apply"])))]
+    Retention {
+        /// Only count what is due.
+        #[arg(long)]
+        dry_run: bool,
+        /// Erase what is due.
+        #[arg(long)]
+        apply: bool,
+        /// Print JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A person's request for their data (operator only: needs the database and the data keys).
+    #[command(subcommand)]
+    Subject(SubjectCommand),
     /// Only the external-system simulators (MVD and SMS gateway), for tests of other systems.
     Sim {
         /// Where to listen.
@@ -412,6 +450,18 @@ async fn command(cli: Cli) -> ExitCode {
             grace,
         } => reconcile::run(&settings, grace, repair, json).await,
         Command::Tokens(command) => tokens(&settings, command),
+        Command::Keys(command) => privacy::keys(&settings, command).await,
+        Command::Retention {
+            dry_run: _,
+            apply,
+            json,
+        } => privacy::retention(&settings, apply, json).await,
+        Command::Subject(SubjectCommand::Export { number, reason, by }) => {
+            let by = by
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "operator".into());
+            privacy::subject_export(&settings, &number, &reason, &by).await
+        }
         Command::Bench(args) => bench::run(&settings, &args).await,
         Command::Chaos(args) => chaos::run(&settings, &args).await,
     };

@@ -1,0 +1,260 @@
+//! `uidflow keys rotate`: a new data key, every stored payload and dead-letter body sealed
+//! again under it in batches while uidflow runs, then the old keys retired.
+//!
+//! Safe to interrupt and to run again: a run that finds keys that are neither active nor
+//! retired finishes that rotation (re-seals under the active key, retires the others) instead
+//! of adding a key. Values still in the clear (written before sealing existed) are sealed too.
+//! A batch is one transaction and skips rows another transaction holds (`SKIP LOCKED`); the
+//! old keys are retired only when two passes, [`SETTLE`] apart, find nothing left under them,
+//! so a process that sealed with the old key before it re-read the key file is caught.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::vault::{Aad, KeyInfo, Vault, VaultError};
+
+/// Longer than a running process takes to notice a changed key file (it looks once a second).
+pub const SETTLE: Duration = Duration::from_secs(3);
+
+/// Rows sealed again in one transaction, by default.
+pub const DEFAULT_BATCH: i64 = 500;
+
+/// What a rotation did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Rotation {
+    /// The key everything is sealed under now.
+    pub active: String,
+    /// Whether this run added it (false: it finished a rotation begun before).
+    pub added: bool,
+    /// Application payloads sealed again (or sealed for the first time).
+    pub applications: u64,
+    /// Dead-letter bodies sealed again (or for the first time).
+    pub dead_letters: u64,
+    /// The keys retired at the end.
+    pub retired: Vec<String>,
+}
+
+/// How far a rotation is, for its progress line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Left {
+    /// Application payloads not under the active key.
+    pub applications: i64,
+    /// Dead-letter bodies not under the active key.
+    pub dead_letters: i64,
+}
+
+/// Why a rotation stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    /// The key file.
+    #[error(transparent)]
+    Keys(#[from] VaultError),
+    /// The database.
+    #[error("the database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// What is left to seal under the active key.
+pub async fn left(pool: &PgPool, active: &str) -> sqlx::Result<Left> {
+    let row = sqlx::query(
+        "SELECT (SELECT count(*) FROM application_payloads WHERE key_id <> $1)
+              + (SELECT count(*) FROM applications WHERE payload IS NOT NULL) AS applications,
+                (SELECT count(*) FROM dead_letters
+                 WHERE body_erased_at IS NULL AND body_key_id IS DISTINCT FROM $1) AS dead_letters",
+    )
+    .bind(active)
+    .fetch_one(pool)
+    .await?;
+    Ok(Left {
+        applications: row.get("applications"),
+        dead_letters: row.get("dead_letters"),
+    })
+}
+
+/// Rotates (or finishes a rotation): see the module. `progress` is told what is left after
+/// every batch.
+pub async fn rotate(
+    pool: &PgPool,
+    vault: &Vault,
+    batch: i64,
+    mut progress: impl FnMut(&Left),
+) -> Result<Rotation, RotationError> {
+    let unfinished = |keys: &[KeyInfo]| keys.iter().any(|k| !k.active && k.retired_at.is_none());
+    let added = !unfinished(&vault.keys());
+    if added {
+        vault.add_active_key()?;
+    }
+    let active = vault.active_key();
+    let mut rotation = Rotation {
+        active: active.clone(),
+        added,
+        ..Rotation::default()
+    };
+    let mut quiet_passes = 0;
+    while quiet_passes < 2 {
+        let mut sealed_in_pass = 0;
+        loop {
+            let applications = reseal_applications(pool, vault, &active, batch).await?;
+            let dead_letters = reseal_dead_letters(pool, vault, &active, batch).await?;
+            rotation.applications += applications;
+            rotation.dead_letters += dead_letters;
+            sealed_in_pass += applications + dead_letters;
+            progress(&left(pool, &active).await?);
+            if applications + dead_letters == 0 {
+                break;
+            }
+        }
+        let remaining = left(pool, &active).await?;
+        quiet_passes = if sealed_in_pass == 0 && remaining == Left::default() {
+            quiet_passes + 1
+        } else {
+            0
+        };
+        if quiet_passes < 2 {
+            tokio::time::sleep(SETTLE).await;
+        }
+    }
+    for key in vault.keys() {
+        if !key.active && key.retired_at.is_none() {
+            vault.retire_key(&key.id)?;
+            rotation.retired.push(key.id);
+        }
+    }
+    Ok(rotation)
+}
+
+fn decode(error: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(error))
+}
+
+/// Seals one batch of application payloads under `active`: those under another key and those
+/// still in the clear. Returns how many.
+async fn reseal_applications(
+    pool: &PgPool,
+    vault: &Vault,
+    active: &str,
+    batch: i64,
+) -> sqlx::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query(
+        "SELECT application_id, key_id, sealed FROM application_payloads
+         WHERE key_id <> $1 LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(active)
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    let (mut ids, mut sealed) = (Vec::new(), Vec::new());
+    for row in &rows {
+        let id: Uuid = row.get("application_id");
+        let key_id: String = row.get("key_id");
+        let bytes: Vec<u8> = row.get("sealed");
+        let plain = vault
+            .open(&key_id, Aad::Application(id), &bytes)
+            .map_err(decode)?;
+        let again = vault.seal(Aad::Application(id), &plain);
+        debug_assert_eq!(again.key_id, active);
+        ids.push(id);
+        sealed.push(again.bytes);
+    }
+    let mut done = ids.len() as u64;
+    if !ids.is_empty() {
+        sqlx::query(
+            "UPDATE application_payloads p SET key_id = $3, sealed = n.sealed
+             FROM unnest($1::uuid[], $2::bytea[]) AS n (application_id, sealed)
+             WHERE p.application_id = n.application_id",
+        )
+        .bind(&ids)
+        .bind(&sealed)
+        .bind(active)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // Payloads recorded before sealing existed, still in the status row.
+    let clear = sqlx::query(
+        "SELECT application_id, payload FROM applications
+         WHERE payload IS NOT NULL LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    let (mut ids, mut sealed, mut subjects) = (Vec::new(), Vec::new(), Vec::new());
+    for row in &clear {
+        let id: Uuid = row.get("application_id");
+        let payload: Value = row.get("payload");
+        let bytes = serde_json::to_vec(&payload).map_err(decode)?;
+        ids.push(id);
+        sealed.push(vault.seal(Aad::Application(id), &bytes).bytes);
+        subjects.push(
+            payload
+                .pointer("/applicant/identification_number")
+                .and_then(Value::as_str)
+                .and_then(|n| crate::applications::subject_index(vault, n)),
+        );
+    }
+    if !ids.is_empty() {
+        sqlx::query(
+            "WITH sealed AS (
+                 INSERT INTO application_payloads (application_id, key_id, sealed, subject_index)
+                 SELECT application_id, $4, sealed, subject_index
+                 FROM unnest($1::uuid[], $2::bytea[], $3::bytea[]) AS n (application_id, sealed, subject_index)
+                 ON CONFLICT (application_id) DO NOTHING)
+             UPDATE applications SET payload = NULL WHERE application_id = ANY($1)",
+        )
+        .bind(&ids)
+        .bind(&sealed)
+        .bind(&subjects)
+        .bind(active)
+        .execute(&mut *tx)
+        .await?;
+        done += ids.len() as u64;
+    }
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Seals one batch of dead-letter bodies under `active`. Returns how many.
+async fn reseal_dead_letters(
+    pool: &PgPool,
+    vault: &Vault,
+    active: &str,
+    batch: i64,
+) -> sqlx::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query(
+        "SELECT id, body, body_key_id, body_erased_at FROM dead_letters
+         WHERE body_erased_at IS NULL AND body_key_id IS DISTINCT FROM $1
+         LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(active)
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    let (mut ids, mut bodies, mut subjects) = (Vec::new(), Vec::new(), Vec::new());
+    for row in &rows {
+        let plain = crate::dead_letters::body_of(row, vault)?.unwrap_or_default();
+        ids.push(row.get::<i64, _>("id"));
+        bodies.push(vault.seal(Aad::DeadLetter, &plain).bytes);
+        subjects.push(crate::dead_letters::subject_of_body(vault, &plain));
+    }
+    if !ids.is_empty() {
+        sqlx::query(
+            "UPDATE dead_letters d SET body = n.body, body_key_id = $4,
+                 subject_index = coalesce(d.subject_index, n.subject_index)
+             FROM unnest($1::int8[], $2::bytea[], $3::bytea[]) AS n (id, body, subject_index)
+             WHERE d.id = n.id",
+        )
+        .bind(&ids)
+        .bind(&bodies)
+        .bind(&subjects)
+        .bind(active)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(ids.len() as u64)
+}
