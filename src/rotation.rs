@@ -1,12 +1,14 @@
 //! `uidflow keys rotate`: a new data key, every stored payload and dead-letter body sealed
 //! again under it in batches while uidflow runs, then the old keys retired.
 //!
-//! Safe to interrupt and to run again: a run that finds keys that are neither active nor
-//! retired finishes that rotation (re-seals under the active key, retires the others) instead
-//! of adding a key. Values still in the clear (written before sealing existed) are sealed too.
-//! A batch is one transaction and skips rows another transaction holds (`SKIP LOCKED`); the
-//! old keys are retired only when two passes, [`SETTLE`] apart, find nothing left under them,
-//! so a process that sealed with the old key before it re-read the key file is caught.
+//! Which key it rotates to: a key added by `uidflow keys add` (newer than the active one, not
+//! yet active) is activated; else, when keys that are neither active nor retired remain (a
+//! rotation was interrupted), it finishes that rotation; else it adds a key. So it is safe to
+//! interrupt and to run again. Values still in the clear (written before sealing existed) are
+//! sealed too. A batch is one transaction and skips rows another transaction holds
+//! (`SKIP LOCKED`); the old keys are retired only when two passes, `settle` apart, find
+//! nothing left under them, so a process that sealed with the old key before it re-read the
+//! key file is caught.
 
 use std::time::Duration;
 
@@ -17,8 +19,31 @@ use uuid::Uuid;
 
 use crate::vault::{Aad, KeyInfo, Vault, VaultError};
 
-/// Longer than a running process takes to notice a changed key file (it looks once a second).
-pub const SETTLE: Duration = Duration::from_secs(3);
+/// Default wait between the last passes: longer than a process on this host takes to notice a
+/// changed key file (it looks once a second).
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(5);
+
+/// How a rotation runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Rows sealed again per transaction.
+    pub batch: i64,
+    /// The wait between the last passes (see the module).
+    pub settle: Duration,
+    /// Retire the old keys at the end (false: leave them to open what a process that has not
+    /// received the new file yet still seals; run again later to retire them).
+    pub retire: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            batch: DEFAULT_BATCH,
+            settle: DEFAULT_SETTLE,
+            retire: true,
+        }
+    }
+}
 
 /// Rows sealed again in one transaction, by default.
 pub const DEFAULT_BATCH: i64 = 500;
@@ -28,7 +53,8 @@ pub const DEFAULT_BATCH: i64 = 500;
 pub struct Rotation {
     /// The key everything is sealed under now.
     pub active: String,
-    /// Whether this run added it (false: it finished a rotation begun before).
+    /// Whether this run added it (false: it activated a key added before, or finished a
+    /// rotation begun before).
     pub added: bool,
     /// Application payloads sealed again (or sealed for the first time).
     pub applications: u64,
@@ -80,14 +106,29 @@ pub async fn left(pool: &PgPool, active: &str) -> sqlx::Result<Left> {
 pub async fn rotate(
     pool: &PgPool,
     vault: &Vault,
-    batch: i64,
+    options: Options,
     mut progress: impl FnMut(&Left),
 ) -> Result<Rotation, RotationError> {
-    let unfinished = |keys: &[KeyInfo]| keys.iter().any(|k| !k.active && k.retired_at.is_none());
-    let added = !unfinished(&vault.keys());
-    if added {
-        vault.add_active_key()?;
-    }
+    let keys = vault.keys();
+    let current = keys.iter().find(|k| k.active).map(|k| k.created_at);
+    let open = |k: &&KeyInfo| !k.active && k.retired_at.is_none();
+    let added_before = keys
+        .iter()
+        .filter(open)
+        .filter(|k| Some(k.created_at) > current)
+        .max_by_key(|k| k.created_at);
+    let added = match added_before {
+        Some(key) => {
+            vault.activate_key(&key.id)?;
+            false
+        }
+        None if keys.iter().any(|k| open(&k)) => false,
+        None => {
+            vault.add_key(true)?;
+            true
+        }
+    };
+    let batch = options.batch;
     let active = vault.active_key();
     let mut rotation = Rotation {
         active: active.clone(),
@@ -115,8 +156,11 @@ pub async fn rotate(
             0
         };
         if quiet_passes < 2 {
-            tokio::time::sleep(SETTLE).await;
+            tokio::time::sleep(options.settle).await;
         }
+    }
+    if !options.retire {
+        return Ok(rotation);
     }
     for key in vault.keys() {
         if !key.active && key.retired_at.is_none() {

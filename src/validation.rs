@@ -292,9 +292,9 @@ impl<'a> DomainCheck<'a> {
         if kind.needs_phone() && phone.is_none() {
             return None;
         }
-        let mut normalized = self.application.clone();
+        let mut normalized = minimal(&self.application, kind.needs_phone());
         normalized["applicant"]["identification_number"] = Value::from(number.as_str());
-        if let Some(phone) = &phone {
+        if let (Some(phone), true) = (&phone, kind.needs_phone()) {
             normalized["phone"] = Value::from(phone.as_str());
         }
         Some(ValidApplication {
@@ -327,6 +327,45 @@ impl<'a> DomainCheck<'a> {
         }
         Some(date)
     }
+}
+
+/// The fields of a valid application that uidflow needs (docs/PRIVACY.md): what the contract
+/// defines, without unknown extra fields, and without a phone where the kind needs none.
+/// Duplicate detection hashes the message as received, not this.
+fn minimal(application: &Value, needs_phone: bool) -> Value {
+    let pick = |value: &Value, keys: &[&str]| -> Value {
+        Value::Object(
+            keys.iter()
+                .filter_map(|k| value.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+                .collect(),
+        )
+    };
+    let mut kept = pick(
+        application,
+        &[
+            "application_id",
+            "kind",
+            "submitted_at",
+            "consent_to_verification",
+            "phone_use_attested",
+        ],
+    );
+    kept["issuing_service"] = pick(&application["issuing_service"], &["code", "name"]);
+    kept["applicant"] = pick(
+        &application["applicant"],
+        &[
+            "surname",
+            "given_name",
+            "patronymic",
+            "date_of_birth",
+            "identification_number",
+        ],
+    );
+    kept["document"] = pick(&application["document"], &["type", "number"]);
+    if needs_phone && let Some(phone) = application.get("phone") {
+        kept["phone"] = phone.clone();
+    }
+    kept
 }
 
 /// Full years between `born` and `on`.
@@ -398,6 +437,32 @@ mod tests {
         assert_eq!(
             app.normalized["applicant"]["identification_number"],
             "3140385A001PB5"
+        );
+    }
+
+    #[test]
+    fn only_the_fields_uidflow_needs_are_kept() {
+        let mut extra = valid();
+        extra["channel"] = json!({"clerk": "Hanna Zaslauskaja"});
+        extra["applicant"]["nickname"] = json!("Hanka");
+        let Verdict::Valid(app) = validate(&extra, today()) else {
+            panic!("valid")
+        };
+        assert!(app.normalized.get("channel").is_none());
+        assert!(app.normalized["applicant"].get("nickname").is_none());
+        assert_eq!(app.normalized["document"], extra["document"]);
+        let mut block = valid();
+        block["kind"] = json!("block");
+        let Verdict::Valid(app) = validate(&block, today()) else {
+            panic!("valid")
+        };
+        assert!(
+            app.normalized.get("phone").is_none(),
+            "block needs no phone"
+        );
+        assert_eq!(
+            app.normalized["applicant"]["surname"],
+            block["applicant"]["surname"]
         );
     }
 

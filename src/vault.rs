@@ -64,7 +64,7 @@ pub enum VaultError {
     },
     /// Others may read the key file.
     #[error(
-        "{path} is readable or writable by others (mode {mode:o}); make it owner-only (chmod 600)"
+        "{path} is readable by others or writable by more than its owner (mode {mode:o}); make it owner-only (chmod 600)"
     )]
     NotOwnerOnly {
         /// The file.
@@ -267,7 +267,9 @@ fn read_file(path: &Path) -> Result<(KeyFile, Option<SystemTime>), VaultError> {
     use std::os::unix::fs::PermissionsExt;
     let metadata = std::fs::metadata(path).map_err(io(path))?;
     let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    // Others may not read it, nobody but its owner may write it. Group read is allowed: a
+    // Kubernetes Secret volume gives the pod's group read access (mode 0440 with fsGroup).
+    if mode & 0o027 != 0 {
         return Err(VaultError::NotOwnerOnly {
             path: path.display().to_string(),
             mode,
@@ -484,9 +486,10 @@ impl Vault {
         Ok(())
     }
 
-    /// Adds a new key to the file and makes it the active one; the others stay, to open what
-    /// they sealed. Returns the new key's id.
-    pub fn add_active_key(&self) -> Result<String, VaultError> {
+    /// Adds a new key to the file, the active one if `activate` (else it only opens, until a
+    /// rotation activates it: distributed first to every host, it is known everywhere before
+    /// anything is sealed under it). The others stay, to open what they sealed. Returns its id.
+    pub fn add_key(&self, activate: bool) -> Result<String, VaultError> {
         self.edit(|file, now| {
             let id = new_key_id(now);
             file.key.push(KeyEntry {
@@ -495,8 +498,22 @@ impl Vault {
                 created_at: now,
                 retired_at: None,
             });
-            file.active = id.clone();
+            if activate {
+                file.active = id.clone();
+            }
             Ok(id)
+        })
+    }
+
+    /// Makes key `id` (not retired) the one new values are sealed with.
+    pub fn activate_key(&self, id: &str) -> Result<(), VaultError> {
+        self.edit(|file, _| {
+            match file.key.iter().find(|k| k.id == id) {
+                Some(k) if k.secret.is_some() => {}
+                _ => return Err(format!("there is no key {id:?} with a secret")),
+            }
+            file.active = id.to_owned();
+            Ok(())
         })
     }
 
@@ -626,7 +643,15 @@ mod tests {
         let old = vault.active_key();
         let id = Uuid::new_v4();
         let before = vault.seal(Aad::Application(id), b"old");
-        let new = vault.add_active_key().unwrap();
+        let pending = vault.add_key(false).unwrap();
+        assert_eq!(
+            vault.active_key(),
+            old,
+            "an added key only opens until activated"
+        );
+        vault.activate_key(&pending).unwrap();
+        let new = vault.active_key();
+        assert_eq!(new, pending);
         assert_ne!(old, new);
         let after = vault.seal(Aad::Application(id), b"new");
         assert_eq!(after.key_id, new);

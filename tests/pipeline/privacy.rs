@@ -262,17 +262,35 @@ async fn a_key_rotation_under_load_loses_nothing_and_retires_the_old_key() {
     // `uidflow keys rotate` is another process: another reader of the same file.
     let (rotator, _) = Vault::create_or_open(&path).unwrap();
     let pool = app.pool.clone();
-    let rotation =
-        tokio::spawn(async move { uidflow::rotation::rotate(&pool, &rotator, 7, |_| {}).await });
+    let rotation = tokio::spawn(async move {
+        // Stopped before retiring (as an interrupted run, or `--no-retire` across hosts)…
+        let options = uidflow::rotation::Options {
+            batch: 7,
+            settle: std::time::Duration::from_millis(1500),
+            retire: false,
+        };
+        let first = uidflow::rotation::rotate(&pool, &rotator, options, |_| {}).await;
+        // …and run again: it finishes that rotation, adds no key, retires the old one.
+        let options = uidflow::rotation::Options {
+            retire: true,
+            ..options
+        };
+        let second = uidflow::rotation::rotate(&pool, &rotator, options, |_| {}).await;
+        (first, second)
+    });
     let second = app.publish_issues(&people[30..]).await;
-    let rotation = rotation.await.unwrap().expect("the rotation ends");
-    assert!(rotation.added);
+    let (interrupted, rotation) = rotation.await.unwrap();
+    let interrupted = interrupted.expect("the first rotation ends");
+    assert!(interrupted.added && interrupted.retired.is_empty());
+    assert!(
+        interrupted.applications > 0 && interrupted.dead_letters > 0,
+        "{interrupted:?}"
+    );
+    let rotation = rotation.expect("the second rotation ends");
+    assert!(!rotation.added);
+    assert_eq!(rotation.active, interrupted.active);
     assert_ne!(rotation.active, old_key);
     assert_eq!(rotation.retired, vec![old_key.clone()]);
-    assert!(
-        rotation.applications > 0 && rotation.dead_letters > 0,
-        "{rotation:?}"
-    );
 
     let ids: Vec<String> = first.into_iter().chain(second).collect();
     app.each_completed_once(&ids, &people).await;

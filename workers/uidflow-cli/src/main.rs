@@ -267,7 +267,7 @@ macro_rules! err {
     }};
 }
 
-fn parse_wait(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_wait(text: &str) -> Result<Duration, String> {
     uidflow::config::parse_duration(text)
         .ok_or_else(|| format!("{text:?} is not a duration; write it like 30s or 2m"))
 }

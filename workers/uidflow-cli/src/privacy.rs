@@ -35,14 +35,25 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Adds a data key, seals every stored payload and dead-letter body again under it in
-    /// batches (uidflow may keep running), then retires the old keys. Safe to interrupt: run it
-    /// again to finish.
+    /// Adds a data key that only opens (not yet active): distribute the file to every host,
+    /// then `rotate` activates it. Not needed when every process reads one file on one host.
+    Add,
+    /// Activates a key `add` made (or adds one), seals every stored payload and dead-letter
+    /// body again under it in batches (uidflow may keep running), then retires the old keys.
+    /// Safe to interrupt: run it again to finish.
     Rotate {
         /// Rows per transaction.
         #[arg(long, default_value_t = uidflow::rotation::DEFAULT_BATCH,
               value_parser = clap::value_parser!(i64).range(1..=10_000))]
         batch: i64,
+        /// The wait between the last two passes: longer than every process takes to see the
+        /// new file (a second on one host; the platform's secret sync time across hosts).
+        #[arg(long, value_parser = crate::parse_wait, default_value = "5s")]
+        settle: std::time::Duration,
+        /// Keep the old keys (hosts still to receive the new file may seal with them); run
+        /// `rotate` again once they have it, to retire them.
+        #[arg(long)]
+        no_retire: bool,
         /// Print JSON (the summary) instead of progress lines.
         #[arg(long)]
         json: bool,
@@ -71,7 +82,29 @@ pub async fn keys(settings: &Settings, command: KeysCommand) -> anyhow::Result<E
     let result = match command {
         KeysCommand::Init { .. } => unreachable!("handled above"),
         KeysCommand::List { json } => list(&pool, &vault, json).await,
-        KeysCommand::Rotate { batch, json } => rotate(&pool, &vault, batch, json).await,
+        KeysCommand::Add => {
+            let id = vault.add_key(false)?;
+            say!(
+                "added data key {id} (opens only); distribute {} to every host, then run `uidflow keys rotate`",
+                vault
+                    .path()
+                    .map_or("the key file".into(), |p| p.display().to_string())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Rotate {
+            batch,
+            settle,
+            no_retire,
+            json,
+        } => {
+            let options = uidflow::rotation::Options {
+                batch,
+                settle,
+                retire: !no_retire,
+            };
+            rotate(&pool, &vault, options, json).await
+        }
     };
     pool.close().await;
     result
@@ -141,12 +174,12 @@ async fn list(pool: &sqlx::PgPool, vault: &Vault, json: bool) -> anyhow::Result<
 async fn rotate(
     pool: &sqlx::PgPool,
     vault: &Vault,
-    batch: i64,
+    options: uidflow::rotation::Options,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let before = vault.active_key();
     let mut last = None;
-    let rotation = uidflow::rotation::rotate(pool, vault, batch, |left| {
+    let rotation = uidflow::rotation::rotate(pool, vault, options, |left| {
         if !json && last != Some(*left) {
             let _ = writeln!(
                 std::io::stderr(),
@@ -170,13 +203,13 @@ async fn rotate(
             if rotation.added {
                 "added and activated key"
             } else {
-                "finished the rotation to key"
+                "rotated to key"
             },
             rotation.active,
             rotation.applications,
             rotation.dead_letters,
             if rotation.retired.is_empty() {
-                "none".to_owned()
+                "none (run again to retire the old keys)".to_owned()
             } else {
                 rotation.retired.join(", ")
             }
