@@ -106,6 +106,12 @@ pub struct Settings {
     pub reconcile_grace: Duration,
     /// The shared circuit breakers of the external systems (`BREAKER_*`, see `breaker`).
     pub breaker: crate::breaker::BreakerConfig,
+    /// The Ed25519 seed that signs audit checkpoints (`AUDIT_KEY_FILE`, owner-only, 64 hex
+    /// digits); `None`: a local key made once in `.uidflow/keys/audit-signing.key`.
+    pub audit_key_file: Option<PathBuf>,
+    /// How often the heads of the changed audit chains are signed (`AUDIT_CHECKPOINT_INTERVAL`,
+    /// 1m): the rows after the last checkpoint are only hash-chained.
+    pub audit_checkpoint_interval: Duration,
 }
 
 /// Default of `DATABASE_MAX_CONNECTIONS`: a connection is held only while a delivery commits
@@ -185,6 +191,18 @@ impl Settings {
                 ),
             });
         }
+        let audit_key_file = get("AUDIT_KEY_FILE").map(PathBuf::from);
+        if let Some(path) = &audit_key_file
+            && !path.is_file()
+        {
+            return Err(ConfigError {
+                variable: "AUDIT_KEY_FILE",
+                problem: format!(
+                    "{} is not a readable file; point it at the audit signing key or unset it",
+                    path.display()
+                ),
+            });
+        }
         let retry_delays = parse_duration_list(
             "RETRY_DELAYS",
             get("RETRY_DELAYS").unwrap_or(DEFAULT_RETRY_DELAYS),
@@ -260,6 +278,12 @@ impl Settings {
                 )?,
                 refresh: parse_duration_var("BREAKER_REFRESH", get("BREAKER_REFRESH"), "1s")?,
             },
+            audit_key_file,
+            audit_checkpoint_interval: parse_duration_var(
+                "AUDIT_CHECKPOINT_INTERVAL",
+                get("AUDIT_CHECKPOINT_INTERVAL"),
+                "1m",
+            )?,
         })
     }
 
@@ -491,6 +515,8 @@ mod tests {
         assert_eq!(s.http_timeout, Duration::from_secs(10));
         assert_eq!(s.reconcile_interval, Duration::from_secs(30));
         assert_eq!(s.reconcile_grace, Duration::from_secs(300));
+        assert_eq!(s.audit_checkpoint_interval, Duration::from_secs(60));
+        assert!(s.audit_key_file.is_none());
         assert!(s.mvd_url.is_none() && s.sms_url.is_none());
         assert_eq!(s.simulated, Simulated::default());
         assert_eq!(s.hash_params, crate::secrets::HashParams::owasp());
@@ -541,6 +567,12 @@ mod tests {
                 "/no/such/file.toml",
                 "not a readable file",
             ),
+            (
+                "AUDIT_KEY_FILE",
+                "/no/such/audit.key",
+                "not a readable file",
+            ),
+            ("AUDIT_CHECKPOINT_INTERVAL", "soon", "positive duration"),
         ] {
             let error = settings(&[(var, value)]).expect_err(var);
             assert_eq!(error.variable, var);

@@ -48,6 +48,8 @@ pub struct TestApp {
     pub api: Option<String>,
     /// Tokens by name: `operator`, `clerk-<service>` (see `test_tokens`).
     pub tokens: HashMap<String, String>,
+    /// The key the system signs audit checkpoints with (a fresh one per test).
+    pub audit_key: ed25519_dalek::SigningKey,
 }
 
 /// Tokens for tests: an operator and a clerk per example issuing service, with their names.
@@ -129,6 +131,9 @@ impl TestApp {
         let app = Self::prepare().await;
         let (tokens, plain) = test_tokens();
         options.tokens = Some(tokens);
+        options
+            .audit_key
+            .get_or_insert_with(|| app.audit_key.clone());
         let system = system::start(&app.settings, &app.pool, &options).expect("the system starts");
         let api = system.api_addr.map(|addr| format!("http://{addr}"));
         Self {
@@ -174,10 +179,13 @@ impl TestApp {
 
     async fn run_pipeline(self, settings: &Settings, pool: &PgPool, options: RunOptions) -> Self {
         let (tokens, plain) = test_tokens();
-        let options = RunOptions {
+        let mut options = RunOptions {
             tokens: Some(tokens),
             ..options
         };
+        options
+            .audit_key
+            .get_or_insert_with(|| self.audit_key.clone());
         let running = uidflow_cli::start(settings, pool, &options, Default::default())
             .await
             .expect("the pipeline starts");
@@ -279,6 +287,7 @@ impl TestApp {
             sim_addr: None,
             api: None,
             tokens: HashMap::new(),
+            audit_key: ed25519_dalek::SigningKey::from_bytes(&rand::random()),
         }
     }
 
