@@ -9,6 +9,7 @@
 //! process ends with `std::process::exit` once its output is flushed, so no client library's
 //! background task is cancelled half-way by the runtime's teardown.
 
+mod audit;
 mod bench;
 mod chaos;
 mod follow;
@@ -149,6 +150,10 @@ enum Command {
         #[arg(long, value_parser = parse_wait)]
         grace: Option<Duration>,
     },
+    /// The tamper-evident audit trail: verify the chains and signed checkpoints, make a
+    /// checkpoint, export one application's chain and verify it offline.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Only the external-system simulators (MVD and SMS gateway), for tests of other systems.
     Sim {
         /// Where to listen.
@@ -411,6 +416,7 @@ async fn command(cli: Cli) -> ExitCode {
             json,
             grace,
         } => reconcile::run(&settings, grace, repair, json).await,
+        Command::Audit(command) => audit::run(&settings, command).await,
         Command::Tokens(command) => tokens(&settings, command),
         Command::Bench(args) => bench::run(&settings, &args).await,
         Command::Chaos(args) => chaos::run(&settings, &args).await,
@@ -594,6 +600,12 @@ async fn run(
     if hosts(system::Part::Api) && options.tokens.is_none() {
         match system::api_tokens(&settings) {
             Ok(tokens) => options.tokens = Some(tokens),
+            Err(error) => return Ok(usage(&format!("{error:#}"))),
+        }
+    }
+    if hosts(system::Part::Outbox) && options.audit_key.is_none() {
+        match system::audit_signing_key(&settings) {
+            Ok(key) => options.audit_key = Some(key),
             Err(error) => return Ok(usage(&format!("{error:#}"))),
         }
     }
