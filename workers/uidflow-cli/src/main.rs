@@ -280,6 +280,8 @@ async fn command(cli: Cli) -> ExitCode {
         Command::Bench(_) => "warn",
         // The broker and the database go away on purpose: their clients' complaints are noise.
         Command::Chaos(_) => "warn,lapin=off,sqlx=error",
+        // `verify` streams every row: sqlx would call that a slow statement.
+        Command::Audit(_) => "warn,sqlx=error",
         _ => "info,lapin=warn,sqlx=warn",
     };
     uidflow::telemetry::init_with_default(
