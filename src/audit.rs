@@ -403,6 +403,8 @@ pub enum What {
         /// The head's seq (`None`: the chain has no head).
         head: Option<i64>,
     },
+    /// A row numbered below 1, which the trigger never writes.
+    SeqBelowOne,
     /// The chain's last row and its head have the same seq and different hashes.
     HeadDiffers,
     /// A checkpoint signed another hash for this row.
@@ -483,6 +485,7 @@ impl std::fmt::Display for Problem {
             What::RowInserted { head: None } => {
                 f.write_str("row inserted (its chain has no head: written around the trigger)")
             }
+            What::SeqBelowOne => f.write_str("row inserted (numbered below 1, around the trigger)"),
             What::HeadDiffers => f.write_str("the chain's head differs from its last row"),
             What::DiffersFromCheckpoint { checkpoint } => write!(
                 f,
@@ -789,14 +792,15 @@ impl Walk {
             return;
         }
         let (previous_hash, previous_seq) = self.previous.unwrap_or((GENESIS, 0));
+        if seq < 1 {
+            // Rows come in seq order and seq is unique, so these come first; the chain
+            // starts after them.
+            found.row(self.chain, seq, Some(row_id), What::SeqBelowOne);
+            return;
+        }
         if seq != previous_seq + 1 {
-            let what = if seq > previous_seq {
-                What::RowsMissingBefore {
-                    after: previous_seq,
-                }
-            } else {
-                // Below 1 (seq is unique and in order otherwise): only a forger writes that.
-                What::RowInserted { head: None }
+            let what = What::RowsMissingBefore {
+                after: previous_seq,
             };
             found.row(self.chain, seq, Some(row_id), what);
         } else if stored_hash != Some(link(&previous_hash, &content())) {
@@ -1128,6 +1132,15 @@ mod tests {
                 "application {}, history row 40 (seq 4): row missing before it (the row before it is seq 2)",
                 Uuid::from_u128(9)
             )
+        );
+        // A row numbered 0 ahead of the chain: named, and the chain still starts at seq 1.
+        let mut numbered_zero = vec![(0, [7; 32], 0)];
+        numbered_zero.extend(good.clone());
+        let found = run(&numbered_zero);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            (found[0].seq, &found[0].what),
+            (Some(0), &What::SeqBelowOne)
         );
     }
 }
