@@ -45,6 +45,7 @@ async fn main() {
 
     let options = RunOptions {
         concurrency,
+        audit_key: Some(app.audit_key.clone()),
         ..RunOptions::default()
     };
     let started = Instant::now();

@@ -112,6 +112,12 @@ pub struct Settings {
     pub reconcile_grace: Duration,
     /// The shared circuit breakers of the external systems (`BREAKER_*`, see `breaker`).
     pub breaker: crate::breaker::BreakerConfig,
+    /// The Ed25519 seed that signs audit checkpoints (`AUDIT_KEY_FILE`, owner-only, 64 hex
+    /// digits); `None`: a local key made once in `.uidflow/keys/audit-signing.key`.
+    pub audit_key_file: Option<PathBuf>,
+    /// How often the heads of the changed audit chains are signed (`AUDIT_CHECKPOINT_INTERVAL`,
+    /// 1m): the rows after the last checkpoint are only hash-chained.
+    pub audit_checkpoint_interval: Duration,
 }
 
 /// Default of `DATABASE_MAX_CONNECTIONS`: a connection is held only while a delivery commits
@@ -198,7 +204,19 @@ impl Settings {
             return Err(ConfigError {
                 variable: "DATA_KEYS_FILE",
                 problem: format!(
-                    "{} is not a readable file; point it at the data key file (`uidflow keys init FILE` makes one) or unset it for a local one with the simulators",
+                    "{} is not a readable file; point it at the data key file (`uidflow keys init FILE` makes one) or unset it for local keys (a trial only)",
+                    path.display()
+                ),
+            });
+        }
+        let audit_key_file = get("AUDIT_KEY_FILE").map(PathBuf::from);
+        if let Some(path) = &audit_key_file
+            && !path.is_file()
+        {
+            return Err(ConfigError {
+                variable: "AUDIT_KEY_FILE",
+                problem: format!(
+                    "{} is not a readable file; point it at the audit signing key or unset it",
                     path.display()
                 ),
             });
@@ -280,6 +298,12 @@ impl Settings {
                 )?,
                 refresh: parse_duration_var("BREAKER_REFRESH", get("BREAKER_REFRESH"), "1s")?,
             },
+            audit_key_file,
+            audit_checkpoint_interval: parse_duration_var(
+                "AUDIT_CHECKPOINT_INTERVAL",
+                get("AUDIT_CHECKPOINT_INTERVAL"),
+                "1m",
+            )?,
         })
     }
 
@@ -513,6 +537,8 @@ mod tests {
         assert_eq!(s.reconcile_grace, Duration::from_secs(300));
         assert_eq!(s.retention, Duration::from_secs(90 * 86_400));
         assert!(s.data_keys_file.is_none());
+        assert_eq!(s.audit_checkpoint_interval, Duration::from_secs(60));
+        assert!(s.audit_key_file.is_none());
         assert!(s.mvd_url.is_none() && s.sms_url.is_none());
         assert_eq!(s.simulated, Simulated::default());
         assert_eq!(s.hash_params, crate::secrets::HashParams::owasp());
@@ -563,6 +589,12 @@ mod tests {
                 "/no/such/file.toml",
                 "not a readable file",
             ),
+            (
+                "AUDIT_KEY_FILE",
+                "/no/such/audit.key",
+                "not a readable file",
+            ),
+            ("AUDIT_CHECKPOINT_INTERVAL", "soon", "positive duration"),
         ] {
             let error = settings(&[(var, value)]).expect_err(var);
             assert_eq!(error.variable, var);

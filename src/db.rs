@@ -164,7 +164,9 @@ pub async fn connect(settings: &Settings, max_connections: u32) -> Result<PgPool
 
 /// The group role (NOLOGIN) that holds the data rights `uidflow run` needs and nothing more:
 /// SELECT, INSERT, UPDATE, DELETE on every table, USAGE and SELECT on every sequence, read-only
-/// on `_sqlx_migrations`; no CREATE on the schema, owns nothing. [`migrate`] creates it if
+/// on `_sqlx_migrations`, append-only on the audit trail (`application_history`, `audit_log`,
+/// `audit_checkpoints`, `audit_checkpoint_heads`: no UPDATE, no DELETE; the chains' heads may
+/// be updated, not deleted); no CREATE on the schema, owns nothing. [`migrate`] creates it if
 /// missing and grants after every migration; the operator creates the login role in it
 /// (`CREATE ROLE uidflow_run LOGIN PASSWORD '…' IN ROLE uidflow_runtime`).
 pub const RUNTIME_ROLE: &str = "uidflow_runtime";
@@ -200,6 +202,9 @@ pub async fn grant_runtime(pool: &PgPool) -> sqlx::Result<()> {
            EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO uidflow_runtime', current_schema());
            EXECUTE format('GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA %I TO uidflow_runtime', current_schema());
            REVOKE INSERT, UPDATE, DELETE ON _sqlx_migrations FROM uidflow_runtime;
+           REVOKE UPDATE, DELETE ON application_history, audit_log, audit_checkpoints,
+             audit_checkpoint_heads FROM uidflow_runtime;
+           REVOKE DELETE ON audit_heads, audit_log_head FROM uidflow_runtime;
          END $$;",
     )
     .execute(&mut *tx)

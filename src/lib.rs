@@ -6,6 +6,7 @@ pub mod admission;
 pub mod amqp;
 pub mod api;
 pub mod applications;
+pub mod audit;
 pub mod breaker;
 pub mod config;
 pub mod consumer;

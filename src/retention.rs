@@ -60,7 +60,8 @@ pub async fn due(pool: &PgPool, retention: Duration) -> sqlx::Result<Counts> {
     })
 }
 
-/// Erases everything due, in batches; returns what it erased. A batch another process holds
+/// Erases everything due, in batches; returns what it erased, which the audit trail records
+/// (each application's erasure is also a row of its history). A batch another process holds
 /// the lock for is waited for, not repeated.
 pub async fn apply(pool: &PgPool, retention: Duration) -> sqlx::Result<Counts> {
     let mut total = Counts::default();
@@ -69,9 +70,20 @@ pub async fn apply(pool: &PgPool, retention: Duration) -> sqlx::Result<Counts> {
         total.applications += batch.applications;
         total.dead_letters += batch.dead_letters;
         if batch == Counts::default() {
-            return Ok(total);
+            break;
         }
     }
+    if total != Counts::default() {
+        let mut tx = pool.begin().await?;
+        let detail = serde_json::json!({
+            "retention": format_duration(retention),
+            "applications": total.applications,
+            "dead_letters": total.dead_letters,
+        });
+        crate::audit::record(&mut tx, "retention", "personal_data_erased", None, &detail).await?;
+        tx.commit().await?;
+    }
+    Ok(total)
 }
 
 async fn erase_batch(pool: &PgPool, retention: Duration) -> sqlx::Result<Counts> {

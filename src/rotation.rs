@@ -130,6 +130,13 @@ pub async fn rotate(
     };
     let batch = options.batch;
     let active = vault.active_key();
+    record(
+        pool,
+        "data_key_activated",
+        &active,
+        &serde_json::json!({"added": added}),
+    )
+    .await?;
     let mut rotation = Rotation {
         active: active.clone(),
         added,
@@ -159,16 +166,26 @@ pub async fn rotate(
             tokio::time::sleep(options.settle).await;
         }
     }
-    if !options.retire {
-        return Ok(rotation);
-    }
     for key in vault.keys() {
-        if !key.active && key.retired_at.is_none() {
+        if options.retire && !key.active && key.retired_at.is_none() {
             vault.retire_key(&key.id)?;
             rotation.retired.push(key.id);
         }
     }
+    let detail = serde_json::json!({
+        "resealed_applications": rotation.applications,
+        "resealed_dead_letters": rotation.dead_letters,
+        "retired": rotation.retired,
+    });
+    record(pool, "data_keys_rotated", &active, &detail).await?;
     Ok(rotation)
+}
+
+/// A rotation's step in the audit trail (key ids and counts only).
+async fn record(pool: &PgPool, action: &str, key: &str, detail: &Value) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    crate::audit::record(&mut tx, "uidflow keys rotate", action, Some(key), detail).await?;
+    tx.commit().await
 }
 
 fn decode(error: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {

@@ -139,6 +139,20 @@ pub async fn export(
         })
     })
     .collect();
+    // The export itself enters the audit trail before anything is returned: who, why, whom
+    // (masked, and the blind index that names the person to whoever holds the keys), how much.
+    drop(conn);
+    let mut tx = pool.begin().await?;
+    let detail = json!({
+        "reason": why,
+        "subject_index": hex::encode(&index),
+        "applications": applications.len(),
+        "dead_letters": dead_letters.len(),
+        "registry": registry.is_some(),
+    });
+    let masked = crate::domain::mask_identification_number(number.as_str());
+    crate::audit::record(&mut tx, by, "subject_export", Some(&masked), &detail).await?;
+    tx.commit().await?;
     Ok(json!({
         "identification_number": number.as_str(),
         "exported_at": chrono::Utc::now(),

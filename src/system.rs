@@ -123,6 +123,9 @@ pub struct RunOptions {
     pub tokens: Option<crate::api::auth::Tokens>,
     /// Data keys; `None`: from `DATA_KEYS_FILE`, or local ones made in `.uidflow/keys`.
     pub vault: Option<Arc<Vault>>,
+    /// The key that signs audit checkpoints (with the outbox); `None`: from `AUDIT_KEY_FILE`,
+    /// or a local one made in `.uidflow/keys`.
+    pub audit_key: Option<ed25519_dalek::SigningKey>,
 }
 
 impl Default for RunOptions {
@@ -134,6 +137,7 @@ impl Default for RunOptions {
             crash_intake_after_commit: Arc::new(AtomicU32::new(0)),
             tokens: None,
             vault: None,
+            audit_key: None,
         }
     }
 }
@@ -248,6 +252,13 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> anyhow
         Some(vault) => Arc::clone(vault),
         None => data_keys(settings)?,
     };
+    let mut audit_key = None;
+    if options.parts.contains(&Part::Outbox) {
+        audit_key = Some(match &options.audit_key {
+            Some(key) => key.clone(),
+            None => audit_signing_key(settings)?,
+        });
+    }
     let mut tasks = JoinSet::new();
     let intake_stats = Arc::new(IntakeStats::default());
     for part in &options.parts {
@@ -275,6 +286,13 @@ pub fn start(settings: &Settings, pool: &PgPool, options: &RunOptions) -> anyhow
                 tasks.spawn(crate::retention::run(
                     settings.clone(),
                     pool.clone(),
+                    token.clone(),
+                ));
+                let key = audit_key.take().expect("made above for the outbox");
+                tasks.spawn(crate::audit::run(
+                    settings.clone(),
+                    pool.clone(),
+                    key,
                     token.clone(),
                 ));
                 tasks.spawn(crate::vacuum::run(pool, token));
@@ -357,6 +375,23 @@ pub fn api_tokens(settings: &Settings) -> anyhow::Result<crate::api::auth::Token
             Ok(local.tokens)
         }
     }
+}
+
+/// The audit checkpoints' signing key of `settings`: the file of `AUDIT_KEY_FILE`, or a local
+/// key made (once) in `.uidflow/keys/audit-signing.key`, whose place is printed when made.
+pub fn audit_signing_key(settings: &Settings) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    let source = crate::audit::key::signing_key(settings).map_err(|e| {
+        anyhow::anyhow!("{e}; fix it, or set AUDIT_KEY_FILE to the audit signing key")
+    })?;
+    if source.created {
+        // A closed or full stderr must not stop the start (nor panic, as eprintln! would).
+        let _ = writeln!(
+            std::io::stderr(),
+            "audit signing key (AUDIT_KEY_FILE unset) made in {}; keep it safe and apart from the database, and note its public key: uidflow audit public-key",
+            source.path.display()
+        );
+    }
+    Ok(source.key)
 }
 
 impl System {

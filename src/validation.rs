@@ -292,7 +292,7 @@ impl<'a> DomainCheck<'a> {
         if kind.needs_phone() && phone.is_none() {
             return None;
         }
-        let mut normalized = minimal(&self.application, kind.needs_phone());
+        let mut normalized = minimal(self.application, kind.needs_phone());
         normalized["applicant"]["identification_number"] = Value::from(number.as_str());
         if let (Some(phone), true) = (&phone, kind.needs_phone()) {
             normalized["phone"] = Value::from(phone.as_str());

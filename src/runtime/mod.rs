@@ -259,17 +259,8 @@ impl<S: Step> StepRunner<S> {
             Err(error) => {
                 let mut tx = pool.begin().await?;
                 let why = format!("the work item is not readable ({error})");
-                park(
-                    &mut tx,
-                    &self.cx.vault,
-                    S::NAME,
-                    message,
-                    None,
-                    ErrorKind::Malformed,
-                    why,
-                    1,
-                )
-                .await?;
+                self.park(&mut tx, message, None, ErrorKind::Malformed, why, 1)
+                    .await?;
                 crate::outbox::commit(tx, pool).await?;
                 return Ok("malformed");
             }
@@ -438,17 +429,16 @@ impl<S: Step> StepRunner<S> {
         why: String,
     ) -> anyhow::Result<&'static str> {
         let id = item.application_id;
-        let dead = park_work(
-            &mut tx,
-            &self.cx.vault,
-            S::NAME,
-            message,
-            item,
-            ErrorKind::OutOfOrder,
-            format!("not this application's turn: {why}"),
-            item.first_failed_at,
-        )
-        .await?;
+        let dead = self
+            .park_work(
+                &mut tx,
+                message,
+                item,
+                ErrorKind::OutOfOrder,
+                format!("not this application's turn: {why}"),
+                item.first_failed_at,
+            )
+            .await?;
         let detail = format!(
             "a work item (attempt {}) arrived out of turn and was refused: {why}; nothing was done; parked as dead letter {dead}",
             item.attempt
@@ -469,10 +459,8 @@ impl<S: Step> StepRunner<S> {
     ) -> anyhow::Result<&'static str> {
         let id = item.application_id;
         let why = format!("application {id} does not exist or is not a valid application");
-        park(
+        self.park(
             &mut tx,
-            &self.cx.vault,
-            S::NAME,
             message,
             Some(id),
             ErrorKind::Invalid,
@@ -587,17 +575,16 @@ impl<S: Step> StepRunner<S> {
                 None => {
                     let why = format!("gave up after {} attempts: {source:#}", item.attempt);
                     let first = item.first_failed_at;
-                    let dead = park_work(
-                        &mut tx,
-                        &self.cx.vault,
-                        S::NAME,
-                        message,
-                        item,
-                        ErrorKind::Exhausted,
-                        why.clone(),
-                        first,
-                    )
-                    .await?;
+                    let dead = self
+                        .park_work(
+                            &mut tx,
+                            message,
+                            item,
+                            ErrorKind::Exhausted,
+                            why.clone(),
+                            first,
+                        )
+                        .await?;
                     let detail = format!("{why}; parked as dead letter {dead}");
                     applications::transition(
                         &mut tx,
@@ -618,17 +605,16 @@ impl<S: Step> StepRunner<S> {
             },
             StepError::Permanent(source) => {
                 let why = format!("{source:#}");
-                let dead = park_work(
-                    &mut tx,
-                    &self.cx.vault,
-                    S::NAME,
-                    message,
-                    item,
-                    ErrorKind::Permanent,
-                    why.clone(),
-                    item.first_failed_at,
-                )
-                .await?;
+                let dead = self
+                    .park_work(
+                        &mut tx,
+                        message,
+                        item,
+                        ErrorKind::Permanent,
+                        why.clone(),
+                        item.first_failed_at,
+                    )
+                    .await?;
                 let detail = format!("permanent failure: {why}; parked as dead letter {dead}");
                 applications::transition(&mut tx, id, Status::Failed, S::NAME, None, Some(&detail))
                     .await?;
@@ -734,50 +720,50 @@ async fn hand_off_recording(
     applications::change_locked(tx, application, to, step, None, &also, ledger).await
 }
 
-async fn park(
-    tx: &mut PgConnection,
-    vault: &Vault,
-    step: &str,
-    message: &Message,
-    application_id: Option<uuid::Uuid>,
-    kind: ErrorKind,
-    error: String,
-    attempts: u32,
-) -> sqlx::Result<i64> {
-    let parked = Parked {
-        application_id,
-        step,
-        kind,
-        error,
-        reason_code: None,
-        message,
-        attempts,
-        first_failed_at: message.received_at,
-    };
-    dead_letters::park(tx, vault, &parked).await
-}
+impl<S: Step> StepRunner<S> {
+    async fn park(
+        &self,
+        tx: &mut PgConnection,
+        message: &Message,
+        application_id: Option<uuid::Uuid>,
+        kind: ErrorKind,
+        error: String,
+        attempts: u32,
+    ) -> sqlx::Result<i64> {
+        let parked = Parked {
+            application_id,
+            step: S::NAME,
+            kind,
+            error,
+            reason_code: None,
+            message,
+            attempts,
+            first_failed_at: message.received_at,
+        };
+        dead_letters::park(tx, &self.cx.vault, &parked).await
+    }
 
-async fn park_work(
-    tx: &mut PgConnection,
-    vault: &Vault,
-    step: &str,
-    message: &Message,
-    item: &WorkItem,
-    kind: ErrorKind,
-    error: String,
-    first_failed_at: Option<chrono::DateTime<Utc>>,
-) -> sqlx::Result<i64> {
-    let parked = Parked {
-        application_id: Some(item.application_id),
-        step,
-        kind,
-        error,
-        reason_code: None,
-        message,
-        attempts: item.attempt,
-        first_failed_at: first_failed_at.unwrap_or(message.received_at),
-    };
-    dead_letters::park(tx, vault, &parked).await
+    async fn park_work(
+        &self,
+        tx: &mut PgConnection,
+        message: &Message,
+        item: &WorkItem,
+        kind: ErrorKind,
+        error: String,
+        first_failed_at: Option<chrono::DateTime<Utc>>,
+    ) -> sqlx::Result<i64> {
+        let parked = Parked {
+            application_id: Some(item.application_id),
+            step: S::NAME,
+            kind,
+            error,
+            reason_code: None,
+            message,
+            attempts: item.attempt,
+            first_failed_at: first_failed_at.unwrap_or(message.received_at),
+        };
+        dead_letters::park(tx, &self.cx.vault, &parked).await
+    }
 }
 
 #[cfg(test)]

@@ -50,6 +50,8 @@ pub struct TestApp {
     pub tokens: HashMap<String, String>,
     /// The data keys of the system the test starts (held in memory).
     pub vault: std::sync::Arc<uidflow::vault::Vault>,
+    /// The key the system signs audit checkpoints with (a fresh one per test).
+    pub audit_key: ed25519_dalek::SigningKey,
 }
 
 /// Tokens for tests: an operator and a clerk per example issuing service, with their names.
@@ -134,6 +136,9 @@ impl TestApp {
         options
             .vault
             .get_or_insert_with(|| std::sync::Arc::clone(&app.vault));
+        options
+            .audit_key
+            .get_or_insert_with(|| app.audit_key.clone());
         let system = system::start(&app.settings, &app.pool, &options).expect("the system starts");
         let api = system.api_addr.map(|addr| format!("http://{addr}"));
         Self {
@@ -179,7 +184,7 @@ impl TestApp {
 
     async fn run_pipeline(self, settings: &Settings, pool: &PgPool, options: RunOptions) -> Self {
         let (tokens, plain) = test_tokens();
-        let options = RunOptions {
+        let mut options = RunOptions {
             tokens: Some(tokens),
             vault: Some(
                 options
@@ -188,6 +193,9 @@ impl TestApp {
             ),
             ..options
         };
+        options
+            .audit_key
+            .get_or_insert_with(|| self.audit_key.clone());
         let running = uidflow_cli::start(settings, pool, &options, Default::default())
             .await
             .expect("the pipeline starts");
@@ -290,6 +298,7 @@ impl TestApp {
             api: None,
             tokens: HashMap::new(),
             vault: std::sync::Arc::new(uidflow::vault::Vault::ephemeral()),
+            audit_key: ed25519_dalek::SigningKey::from_bytes(&rand::random()),
         }
     }
 

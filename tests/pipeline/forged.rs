@@ -29,6 +29,7 @@ async fn restart(app: &mut TestApp, options: RunOptions) {
     app.shutdown_system().await;
     let options = RunOptions {
         tokens: Some(test_tokens().0),
+        audit_key: Some(app.audit_key.clone()),
         ..options
     };
     let running = uidflow_cli::start(&app.settings, &app.pool, &options, Default::default())

@@ -233,6 +233,17 @@ async fn nothing_personal_is_stored_in_the_clear_after_every_kind_and_rejection(
     app.stop().await;
 }
 
+/// A checkpoint now, then the whole audit trail verifies against the test's key.
+async fn trail_verifies(app: &TestApp) {
+    uidflow::audit::checkpoint(&app.pool, &app.audit_key)
+        .await
+        .expect("a checkpoint");
+    let report = uidflow::audit::verify(&app.pool, None, &[app.audit_key.verifying_key()])
+        .await
+        .expect("the trail is read");
+    assert!(report.ok(), "{report:?}");
+}
+
 /// A data key file of the test's own, in a fresh directory.
 fn key_file() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("uidflow-test-keys-{}", Uuid::new_v4()));
@@ -324,6 +335,22 @@ async fn a_key_rotation_under_load_loses_nothing_and_retires_the_old_key() {
         app.dead_letter_bodies().await,
         vec![b"not json, +375291230000".to_vec()]
     );
+    let steps: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM audit_log WHERE actor = 'uidflow keys rotate' ORDER BY seq",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        steps,
+        [
+            "data_key_activated",
+            "data_keys_rotated",
+            "data_key_activated",
+            "data_keys_rotated"
+        ]
+    );
+    trail_verifies(&app).await;
     app.stop().await;
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
@@ -456,6 +483,15 @@ async fn retention_erases_exactly_what_is_due() {
         b"{not json 2",
         "a parked letter keeps its body"
     );
+    // The run is in the audit trail, and the erasures in the histories keep every chain valid.
+    let erased_in_trail: i64 = sqlx::query_scalar(
+        "SELECT (detail->>'applications')::int8 FROM audit_log WHERE action = 'personal_data_erased'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(erased_in_trail, 2);
+    trail_verifies(&app).await;
     app.stop().await;
 }
 
@@ -513,5 +549,16 @@ async fn a_subject_export_holds_the_persons_data_and_nobody_elses() {
     let text = export.to_string();
     assert!(!text.contains(&other.identification_number) && !text.contains(&other.phone));
     assert!(!text.contains("$argon2id$"), "no hash of a secret");
+    // The export is in the audit trail: who, why, whom (masked), and the trail verifies.
+    let recorded: (String, String, String) = sqlx::query_as(
+        "SELECT actor, subject, detail->>'reason' FROM audit_log WHERE action = 'subject_export'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let masked = uidflow::domain::mask_identification_number(&person.identification_number);
+    assert_eq!(recorded, ("operator-1".into(), masked, "request 42".into()));
+    assert!(!recorded.1.contains(&person.identification_number[8..11]));
+    trail_verifies(&app).await;
     app.stop().await;
 }

@@ -76,6 +76,32 @@ async fn the_pipeline_runs_as_the_runtime_role_which_cannot_do_ddl() {
         .execute(&mut conn)
         .await;
     assert_eq!(sqlstate(rewrite).as_deref(), Some(INSUFFICIENT_PRIVILEGE));
+    // The audit trail is append-only for it: no row of the history, the audit log or the
+    // checkpoints can be changed or deleted, and no chain's head deleted.
+    for statement in [
+        "UPDATE application_history SET detail = 'rewritten'",
+        "DELETE FROM application_history",
+        "UPDATE audit_log SET actor = 'someone else'",
+        "DELETE FROM audit_log",
+        "UPDATE audit_checkpoints SET signature = '\\x00'",
+        "DELETE FROM audit_checkpoints",
+        "UPDATE audit_checkpoint_heads SET seq = 1",
+        "DELETE FROM audit_checkpoint_heads",
+        "DELETE FROM audit_heads",
+        "DELETE FROM audit_log_head",
+        "TRUNCATE application_history",
+    ] {
+        let refused = sqlx::raw_sql(statement).execute(&mut conn).await;
+        assert_eq!(
+            sqlstate(refused).as_deref(),
+            Some(INSUFFICIENT_PRIVILEGE),
+            "{statement}"
+        );
+    }
+    // What it may do: append (the trigger chains the row) and make checkpoints.
+    uidflow::audit::record(&mut conn, &role, "test_event", None, &serde_json::json!({}))
+        .await
+        .expect("the runtime role appends to the audit log");
     conn.close().await.unwrap();
 
     // It may not vacuum either: the vacuum task sees that once and stops (see `vacuum::run`).
@@ -92,6 +118,17 @@ async fn the_pipeline_runs_as_the_runtime_role_which_cannot_do_ddl() {
             .unwrap()
             .is_empty()
     );
+    let made = uidflow::audit::checkpoint(&restricted, &app.audit_key)
+        .await
+        .expect("the runtime role makes checkpoints");
+    assert!(
+        matches!(made, uidflow::audit::Checkpointed::Made { .. }),
+        "{made:?}"
+    );
+    let report = uidflow::audit::verify(&restricted, None, &[app.audit_key.verifying_key()])
+        .await
+        .expect("the runtime role reads the audit trail");
+    assert!(report.ok() && report.rows > 0, "{report:?}");
     restricted.close().await;
 
     // With a migration pending, `uidflow run` under the role stops with one clear line instead

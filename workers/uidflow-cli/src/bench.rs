@@ -440,6 +440,8 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Value> {
     let options = RunOptions {
         concurrency: args.concurrency,
         parts: RunOptions::default().parts,
+        // A key of its own: a bench's scratch database is dropped with its checkpoints.
+        audit_key: Some(ed25519_dalek::SigningKey::from_bytes(&rand::random())),
         ..RunOptions::default()
     };
     let mut workers = None;

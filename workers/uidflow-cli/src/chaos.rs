@@ -369,7 +369,20 @@ async fn drive(
     let mvd = Switchable::start(any, Router::new().nest("/mvd", sims.mvd().router())).await?;
     let sms =
         Arc::new(Switchable::start(any, Router::new().nest("/sms", sims.sms().router())).await?);
+    let log_dir = args.log_dir.join(format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+        plan.form
+    ));
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create {}", log_dir.display()))?;
+    // The workers sign audit checkpoints with a key of this run's, every few seconds, so
+    // checkpoints are made under the faults too; the accounting verifies with it.
+    let audit_key = uidflow::audit::key::local(&log_dir.join("keys/audit-signing.key"))
+        .map_err(|e| anyhow::anyhow!(e))?;
     let extra = [
+        ("AUDIT_KEY_FILE", audit_key.path.display().to_string()),
+        ("AUDIT_CHECKPOINT_INTERVAL", "2s".to_owned()),
         ("RETRY_DELAYS", plan.retry_delays.to_owned()),
         ("BREAKER_FAILURES", plan.breaker_failures.to_string()),
         ("BREAKER_PROBE_INTERVAL", plan.breaker_probe.to_owned()),
@@ -385,13 +398,6 @@ async fn drive(
     let pool = uidflow::system::prepare(&settings, 4).await?;
     let code_ttl = settings.phone_code_ttl;
 
-    let log_dir = args.log_dir.join(format!(
-        "{}-{}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%S"),
-        plan.form
-    ));
-    std::fs::create_dir_all(&log_dir)
-        .with_context(|| format!("cannot create {}", log_dir.display()))?;
     let mut env: HashMap<String, String> = extra
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.clone()))
@@ -577,6 +583,8 @@ async fn drive(
         };
         accounting::account(&pool, inputs).await?
     };
+    let (audit_check, audit_figures) = accounting::audit(&pool, &audit_key.key).await?;
+    checks.push(audit_check);
     checks.insert(
         0,
         accounting_check(
@@ -666,6 +674,7 @@ async fn drive(
             "codes_typed_again": counters.codes_retyped.load(std::sync::atomic::Ordering::Relaxed),
         },
         "breakers": breakers,
+        "audit": audit_figures,
         "checks": checks,
     });
     if let (Value::Object(report), Value::Object(figures)) = (&mut report, figures) {

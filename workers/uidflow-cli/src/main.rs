@@ -9,6 +9,7 @@
 //! process ends with `std::process::exit` once its output is flushed, so no client library's
 //! background task is cancelled half-way by the runtime's teardown.
 
+mod audit;
 mod bench;
 mod chaos;
 mod follow;
@@ -187,6 +188,10 @@ enum Command {
     /// A person's request for their data (operator only: needs the database and the data keys).
     #[command(subcommand)]
     Subject(SubjectCommand),
+    /// The tamper-evident audit trail: verify the chains and signed checkpoints, make a
+    /// checkpoint, export one application's chain and verify it offline.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Only the external-system simulators (MVD and SMS gateway), for tests of other systems.
     Sim {
         /// Where to listen.
@@ -313,6 +318,8 @@ async fn command(cli: Cli) -> ExitCode {
         Command::Bench(_) => "warn",
         // The broker and the database go away on purpose: their clients' complaints are noise.
         Command::Chaos(_) => "warn,lapin=off,sqlx=error",
+        // `verify` streams every row: sqlx would call that a slow statement.
+        Command::Audit(_) => "warn,sqlx=error",
         _ => "info,lapin=warn,sqlx=warn",
     };
     uidflow::telemetry::init_with_default(
@@ -449,6 +456,7 @@ async fn command(cli: Cli) -> ExitCode {
             json,
             grace,
         } => reconcile::run(&settings, grace, repair, json).await,
+        Command::Audit(command) => audit::run(&settings, command).await,
         Command::Tokens(command) => tokens(&settings, command),
         Command::Keys(command) => privacy::keys(&settings, command).await,
         Command::Retention {
@@ -644,6 +652,12 @@ async fn run(
     if hosts(system::Part::Api) && options.tokens.is_none() {
         match system::api_tokens(&settings) {
             Ok(tokens) => options.tokens = Some(tokens),
+            Err(error) => return Ok(usage(&format!("{error:#}"))),
+        }
+    }
+    if hosts(system::Part::Outbox) && options.audit_key.is_none() {
+        match system::audit_signing_key(&settings) {
+            Ok(key) => options.audit_key = Some(key),
             Err(error) => return Ok(usage(&format!("{error:#}"))),
         }
     }

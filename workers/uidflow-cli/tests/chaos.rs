@@ -107,6 +107,7 @@ fn the_short_form_loses_nothing_doubles_nothing_and_restores_the_services() {
         "faults_injected",
         "faults_had_effect",
         "services_restored",
+        "audit_chains_valid",
     ] {
         assert!(
             report["checks"]
@@ -156,6 +157,10 @@ fn the_short_form_loses_nothing_doubles_nothing_and_restores_the_services() {
     }
     assert!(apps["ended_by_status"]["completed"].as_u64().unwrap() > 0);
     assert!(report["sms"]["per_phone_max"].as_u64().unwrap() >= 2);
+    // Checkpoints were signed while the faults went on (every 2 s), not only at the end.
+    let audit = &report["audit"];
+    assert!(audit["checkpoints"].as_u64().unwrap() > 1, "{audit}");
+    assert_eq!(audit["problems"], 0, "{audit}");
     eprintln!(
         "uidflow chaos --short: {} applications, {} kills, {:.0} s; report in {}/chaos-short.json",
         apps["submitted"],

@@ -650,6 +650,40 @@ pub async fn account(pool: &PgPool, inputs: Inputs<'_>) -> anyhow::Result<(Vec<C
     Ok((checks, Value::Object(figures)))
 }
 
+/// The audit trail after the run: a last checkpoint with the run's key (so every chain's
+/// head is signed), then every chain and checkpoint verified with that key.
+pub async fn audit(
+    pool: &PgPool,
+    key: &ed25519_dalek::SigningKey,
+) -> anyhow::Result<(Check, Value)> {
+    uidflow::audit::checkpoint(pool, key).await?;
+    let report = uidflow::audit::verify(pool, None, &[key.verifying_key()]).await?;
+    let first = report.first().map(ToString::to_string);
+    let check = check(
+        "audit_chains_valid",
+        report.ok(),
+        match &first {
+            None => format!(
+                "{} chains with {} history rows and {} checkpoints verified",
+                report.chains, report.rows, report.checkpoints
+            ),
+            Some(first) => format!(
+                "{} problem(s) in the audit trail; the first: {first}",
+                report.problem_count
+            ),
+        },
+    );
+    let figures = json!({
+        "chains": report.chains,
+        "rows": report.rows,
+        "log_rows": report.log_rows,
+        "checkpoints": report.checkpoints,
+        "problems": report.problem_count,
+        "first_problem": first,
+    });
+    Ok((check, figures))
+}
+
 fn examples(ids: &[Uuid]) -> String {
     if ids.is_empty() {
         String::new()
