@@ -51,11 +51,11 @@ async fn malformed_bodies_are_parked_byte_for_byte_with_the_contract_headers() {
         }
     }
     let rows = app.wait_for_dead_letters(bodies.len() as i64).await;
-    let stored: BTreeSet<Vec<u8>> = rows.iter().map(|r| app.opened_body(&r)).collect();
+    let stored: BTreeSet<Vec<u8>> = rows.iter().map(|r| app.opened_body(r)).collect();
     assert_eq!(stored, bodies.iter().cloned().collect::<BTreeSet<_>>());
     let big = rows
         .iter()
-        .find(|r| app.opened_body(&r).len() > 64 * 1024)
+        .find(|r| app.opened_body(r).len() > 64 * 1024)
         .unwrap();
     assert!(big.get::<String, _>("error").contains("limit is 65536"));
     assert_eq!(

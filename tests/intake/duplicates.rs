@@ -81,7 +81,7 @@ async fn conflicting_repeat_is_parked_and_the_first_application_is_untouched() {
         row.get::<Option<String>, _>("reason_code").as_deref(),
         Some("duplicate_conflict")
     );
-    assert_eq!(app.opened_body(&row), second_bytes);
+    assert_eq!(app.opened_body(row), second_bytes);
     assert_eq!(
         row.get::<Option<uuid::Uuid>, _>("application_id")
             .map(|u| u.to_string()),

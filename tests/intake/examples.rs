@@ -110,7 +110,7 @@ async fn every_example_ends_as_the_manifest_says() {
             "dead_letter" => {
                 let row = dead
                     .iter()
-                    .find(|r| app.opened_body(&r) == body)
+                    .find(|r| app.opened_body(r) == body)
                     .unwrap_or_else(|| panic!("{name}: parked byte for byte"));
                 assert_eq!(
                     row.get::<String, _>("error_kind"),

@@ -111,7 +111,7 @@ async fn check(app: &TestApp, cases: &[&Case], queued: &mut Vec<Vec<u8>>) {
         .iter()
         .map(|r| {
             (
-                app.opened_body(&r),
+                app.opened_body(r),
                 (r.get("error_kind"), r.get("error"), r.get("application_id")),
             )
         })
