@@ -330,8 +330,12 @@ impl<S: Step> StepRunner<S> {
         // whose turn it is (the locked one below decides; this one only spares the call).
         let prepared = if S::CALLS_OUT {
             let mut conn = pool.acquire().await?;
-            let found = applications::load_for_step(&mut conn, &self.cx.vault, id).await?;
+            let found = applications::load_for_step(&mut conn, &self.cx.vault, id).await;
             drop(conn);
+            let found = match found {
+                Err(sqlx::Error::Decode(why)) => return self.unreadable(message, &item, why).await,
+                found => found?,
+            };
             let Some((application, done)) = found else {
                 let tx = pool.begin().await?;
                 return self.park_unknown(tx, message, &item).await;
@@ -352,7 +356,14 @@ impl<S: Step> StepRunner<S> {
             None
         };
         let mut tx = pool.begin().await?;
-        let Some(mut locked) = applications::load(&mut tx, &self.cx.vault, id, true).await? else {
+        let locked = match applications::load(&mut tx, &self.cx.vault, id, true).await {
+            Err(sqlx::Error::Decode(why)) => {
+                drop(tx);
+                return self.unreadable(message, &item, why).await;
+            }
+            locked => locked?,
+        };
+        let Some(mut locked) = locked else {
             return self.park_unknown(tx, message, &item).await;
         };
         // The ledger is read in a statement of its own, after the lock: a statement that had to
@@ -470,6 +481,21 @@ impl<S: Step> StepRunner<S> {
         .await?;
         crate::outbox::commit(tx, &self.cx.pool).await?;
         Ok("invalid")
+    }
+
+    /// The application's sealed payload does not open (a key this process's key file lacks, or
+    /// a payload changed in the database): a transient failure of the step, retried with its
+    /// delays (the key file may arrive meanwhile), then `failed` and parked with the reason.
+    async fn unreadable(
+        &self,
+        message: &Message,
+        item: &WorkItem,
+        why: Box<dyn std::error::Error + Send + Sync>,
+    ) -> anyhow::Result<&'static str> {
+        let error = anyhow::anyhow!("the application's personal data cannot be opened: {why}");
+        tracing::error!(error = %error, "a sealed payload does not open");
+        self.failed(message, item, StepError::transient(error))
+            .await
     }
 
     /// Puts `item` back, attempt untouched, because the breaker of `system` is open: through

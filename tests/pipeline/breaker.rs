@@ -40,6 +40,8 @@ async fn three_runners() -> (TestApp, Vec<uidflow_cli::Running>) {
             parts: parts.clone(),
             concurrency: 4,
             tokens: Some(test_tokens().0),
+            vault: Some(std::sync::Arc::clone(&app.vault)),
+            audit_key: Some(app.audit_key.clone()),
             ..RunOptions::default()
         };
         let running = uidflow_cli::start(&app.settings, &app.pool, &options, Default::default())

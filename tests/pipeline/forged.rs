@@ -30,6 +30,7 @@ async fn restart(app: &mut TestApp, options: RunOptions) {
     let options = RunOptions {
         tokens: Some(test_tokens().0),
         audit_key: Some(app.audit_key.clone()),
+        vault: Some(std::sync::Arc::clone(&app.vault)),
         ..options
     };
     let running = uidflow_cli::start(&app.settings, &app.pool, &options, Default::default())

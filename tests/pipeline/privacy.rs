@@ -562,3 +562,49 @@ async fn a_subject_export_holds_the_persons_data_and_nobody_elses() {
     trail_verifies(&app).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_payload_changed_in_the_database_fails_its_application_with_the_reason() {
+    use std::collections::BTreeSet as Set;
+    use uidflow::system::Part;
+    let parts: Set<Part> = Part::ALL
+        .into_iter()
+        .filter(|p| *p != Part::VerifyIdentity)
+        .collect();
+    let options = RunOptions {
+        parts,
+        ..RunOptions::default()
+    };
+    let app = TestApp::spawn_pipeline_with("10m", options).await;
+    let application = Person::new(7_701).application("issue");
+    let id = application["application_id"].as_str().unwrap().to_owned();
+    app.publish_application(&application).await;
+    app.wait_for_status(&id, "verifying_identity").await;
+    // One bit of the sealed payload flipped, as by someone with database access.
+    sqlx::query(
+        "UPDATE application_payloads
+         SET sealed = set_byte(sealed, 30, get_byte(sealed, 30) # 1) WHERE application_id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let only = RunOptions {
+        parts: [Part::VerifyIdentity].into_iter().collect(),
+        vault: Some(Arc::clone(&app.vault)),
+        ..RunOptions::default()
+    };
+    let step = uidflow_cli::start(&app.settings, &app.pool, &only, Default::default())
+        .await
+        .expect("the verify-identity part starts");
+    app.wait_for_status(&id, "failed").await;
+    let letters = app.wait_for_dead_letters(1).await;
+    let error: String = letters[0].get("error");
+    assert!(
+        error.contains("personal data cannot be opened") && error.contains("changed or moved"),
+        "{error}"
+    );
+    assert_eq!(app.sim().mvd_requests(), 0, "nothing was sent to the MVD");
+    step.system.shutdown().await;
+    app.stop().await;
+}

@@ -120,6 +120,7 @@ async fn work_items_purged_from_a_step_queue_are_listed_and_repaired() {
     // The step's consumer starts (another process): every application ends once.
     let only = RunOptions {
         parts: [Part::VerifyIdentity].into_iter().collect(),
+        vault: Some(std::sync::Arc::clone(&app.vault)),
         ..RunOptions::default()
     };
     let second = uidflow_cli::start(&app.settings, &app.pool, &only, Default::default())
