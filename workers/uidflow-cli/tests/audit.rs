@@ -73,8 +73,8 @@ async fn an_operator_verifies_the_trail_and_carries_a_bundle_to_another_machine(
     // An application with three history rows (the trigger chains them).
     let id = Uuid::new_v4();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO applications (application_id, status, content_sha256, payload)
-             VALUES ('{id}', 'registering', '\\x01', '{{}}');
+        "INSERT INTO applications (application_id, status, content_hmac)
+             VALUES ('{id}', 'registering', '\\x01');
          INSERT INTO application_history (application_id, status, step, detail) VALUES
              ('{id}', 'received', 'intake', NULL),
              ('{id}', 'verifying_identity', 'verify-identity', 'found by the MVD'),
