@@ -163,7 +163,8 @@ struct Ring {
     ciphers: BTreeMap<String, XChaCha20Poly1305>,
     index: Hmac<Sha256>,
     infos: Vec<KeyInfo>,
-    modified: Option<SystemTime>,
+    /// Which version of the file this is (see [`Stamp`]).
+    modified: Option<Stamp>,
     checked: Instant,
 }
 
@@ -212,7 +213,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VaultError + '_ {
 }
 
 impl Ring {
-    fn from_file(file: &KeyFile, modified: Option<SystemTime>) -> Result<Self, String> {
+    fn from_file(file: &KeyFile, modified: Option<Stamp>) -> Result<Self, String> {
         let mut ciphers = BTreeMap::new();
         let mut infos = Vec::new();
         for entry in &file.key {
@@ -262,8 +263,29 @@ impl Ring {
     }
 }
 
+/// A version of the key file: its inode (every write is a new file renamed into place), its
+/// modification time and its length. The time alone misses two writes within one tick of the
+/// file system's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    inode: u64,
+    modified: Option<SystemTime>,
+    length: u64,
+}
+
+impl Stamp {
+    fn of(metadata: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            inode: metadata.ino(),
+            modified: metadata.modified().ok(),
+            length: metadata.len(),
+        }
+    }
+}
+
 /// Reads and checks the key file at `path`.
-fn read_file(path: &Path) -> Result<(KeyFile, Option<SystemTime>), VaultError> {
+fn read_file(path: &Path) -> Result<(KeyFile, Option<Stamp>), VaultError> {
     use std::os::unix::fs::PermissionsExt;
     let metadata = std::fs::metadata(path).map_err(io(path))?;
     let mode = metadata.permissions().mode() & 0o777;
@@ -280,7 +302,7 @@ fn read_file(path: &Path) -> Result<(KeyFile, Option<SystemTime>), VaultError> {
         path: path.display().to_string(),
         why: e.message().to_owned(),
     })?;
-    Ok((file, metadata.modified().ok()))
+    Ok((file, Some(Stamp::of(&metadata))))
 }
 
 /// Writes `file` to `path` owner-only through a temporary file; with `replace` false, fails
@@ -470,10 +492,8 @@ impl Vault {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let modified = std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .map_err(io(path))?;
-        if self.ring.read().expect("vault lock").modified == Some(modified) {
+        let stamp = Stamp::of(&std::fs::metadata(path).map_err(io(path))?);
+        if self.ring.read().expect("vault lock").modified == Some(stamp) {
             self.ring.write().expect("vault lock").checked = Instant::now();
             return Ok(());
         }
