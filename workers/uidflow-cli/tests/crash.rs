@@ -58,8 +58,12 @@ async fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
     let key_dir = std::env::temp_dir().join(format!("uidflow-crash-{}", uuid::Uuid::new_v4()));
     let audit_key = uidflow::audit::key::local(&key_dir.join("keys/audit-signing.key"))
         .expect("an audit key for the run");
+    // The processes and the test's clerk (which opens phones to find codes) share data keys.
+    let data_keys = key_dir.join("keys/data-keys.toml");
+    let (vault, _) = uidflow::vault::Vault::create_or_open(&data_keys).expect("data keys");
     let extra: Vec<(&str, String)> = vec![
         ("AUDIT_KEY_FILE", audit_key.path.display().to_string()),
+        ("DATA_KEYS_FILE", data_keys.display().to_string()),
         ("AUDIT_CHECKPOINT_INTERVAL", "1s".into()),
         ("RETRY_DELAYS", "200ms,400ms,800ms,1s,2s".into()),
         ("MVD_URL", uidflow::sim::Simulators::mvd_url(addr)),
@@ -76,6 +80,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
     ];
     let mut app = TestApp::prepare_with(&extra).await;
     app.sim = Some(sim.clone());
+    app.vault = std::sync::Arc::new(vault);
     let mut env: HashMap<String, String> = extra
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))

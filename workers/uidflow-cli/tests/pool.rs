@@ -89,7 +89,7 @@ async fn connections(app: &TestApp) -> (i32, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eleven_processes_with_the_default_pool_fit_postgresql_default_max_connections() {
-    let app = TestApp::prepare_pipeline("10m").await;
+    let mut app = TestApp::prepare_pipeline("10m").await;
     let (max, _) = connections(&app).await;
     assert_eq!(
         max, 100,
@@ -97,7 +97,12 @@ async fn eleven_processes_with_the_default_pool_fit_postgresql_default_max_conne
     );
     let dir = std::env::temp_dir().join(format!("{}-pool", app.vhost));
     std::fs::create_dir_all(&dir).unwrap();
-    let env = environment(&app, &dir).await;
+    let mut env = environment(&app, &dir).await;
+    // The processes and the test's clerk (which opens phones to find codes) share data keys.
+    let data_keys = dir.join("data-keys.toml");
+    let (vault, _) = uidflow::vault::Vault::create_or_open(&data_keys).expect("data keys");
+    app.vault = std::sync::Arc::new(vault);
+    env.insert("DATA_KEYS_FILE".into(), data_keys.display().to_string());
 
     let mut processes: Vec<(String, Child)> = Vec::new();
     for n in 0..2 {
