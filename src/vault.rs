@@ -369,7 +369,13 @@ impl Vault {
         let mut made = false;
         if !path.exists() {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(io(dir))?;
+                // Owner-only, like the files in it (the audit key shares the directory).
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(io(dir))?;
             }
             match write_file(path, &fresh_file(Utc::now()), false) {
                 Ok(()) => made = true,
