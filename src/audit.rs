@@ -257,10 +257,7 @@ async fn checkpoint_after(
     min_gap: Option<Duration>,
 ) -> sqlx::Result<Checkpointed> {
     let mut tx = pool.begin().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(LOCK)
-        .fetch_one(&mut *tx)
-        .await?;
+    let locked = crate::db::try_advisory_xact_lock(&mut tx, LOCK).await?;
     if !locked {
         return Ok(Checkpointed::Busy);
     }

@@ -185,42 +185,21 @@ impl Settings {
         };
         let (mvd_url, mvd_simulated) = external("MVD_URL")?;
         let (sms_url, sms_simulated) = external("SMS_URL")?;
-        let api_tokens_file = get("API_TOKENS_FILE").map(PathBuf::from);
-        if let Some(path) = &api_tokens_file
-            && !path.is_file()
-        {
-            return Err(ConfigError {
-                variable: "API_TOKENS_FILE",
-                problem: format!(
-                    "{} is not a readable file; point it at the TOML token file or unset it",
-                    path.display()
-                ),
-            });
-        }
-        let data_keys_file = get("DATA_KEYS_FILE").map(PathBuf::from);
-        if let Some(path) = &data_keys_file
-            && !path.is_file()
-        {
-            return Err(ConfigError {
-                variable: "DATA_KEYS_FILE",
-                problem: format!(
-                    "{} is not a readable file; point it at the data key file (`uidflow keys init FILE` makes one) or unset it for local keys (a trial only)",
-                    path.display()
-                ),
-            });
-        }
-        let audit_key_file = get("AUDIT_KEY_FILE").map(PathBuf::from);
-        if let Some(path) = &audit_key_file
-            && !path.is_file()
-        {
-            return Err(ConfigError {
-                variable: "AUDIT_KEY_FILE",
-                problem: format!(
-                    "{} is not a readable file; point it at the audit signing key or unset it",
-                    path.display()
-                ),
-            });
-        }
+        let api_tokens_file = optional_file(
+            get("API_TOKENS_FILE"),
+            "API_TOKENS_FILE",
+            "point it at the TOML token file or unset it",
+        )?;
+        let data_keys_file = optional_file(
+            get("DATA_KEYS_FILE"),
+            "DATA_KEYS_FILE",
+            "point it at the data key file (`uidflow keys init FILE` makes one) or unset it for local keys (a trial only)",
+        )?;
+        let audit_key_file = optional_file(
+            get("AUDIT_KEY_FILE"),
+            "AUDIT_KEY_FILE",
+            "point it at the audit signing key or unset it",
+        )?;
         let retry_delays = parse_duration_list(
             "RETRY_DELAYS",
             get("RETRY_DELAYS").unwrap_or(DEFAULT_RETRY_DELAYS),
@@ -446,6 +425,23 @@ fn hash_params<'a>(
         iterations: number("ARGON2_ITERATIONS", owasp.iterations, 1)?,
         parallelism,
     })
+}
+
+/// A file named by `variable`, if set: it must be a readable file (`hint` says what to point
+/// it at).
+fn optional_file(
+    value: Option<&str>,
+    variable: &'static str,
+    hint: &str,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let path = value.map(PathBuf::from);
+    match &path {
+        Some(file) if !file.is_file() => Err(ConfigError {
+            variable,
+            problem: format!("{} is not a readable file; {hint}", file.display()),
+        }),
+        _ => Ok(path),
+    }
 }
 
 fn parse_duration_var(

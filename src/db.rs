@@ -212,6 +212,15 @@ pub async fn grant_runtime(pool: &PgPool) -> sqlx::Result<()> {
     tx.commit().await
 }
 
+/// Takes the transaction-scoped advisory lock `key` if it is free: false when another
+/// transaction holds it (a periodic job that one process at a time runs skips its round).
+pub async fn try_advisory_xact_lock(conn: &mut sqlx::PgConnection, key: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(key)
+        .fetch_one(conn)
+        .await
+}
+
 /// The embedded migrations not yet applied to the database (all of them when it has none).
 pub async fn pending_migrations(pool: &PgPool) -> sqlx::Result<usize> {
     let applied: Vec<i64> =

@@ -297,10 +297,7 @@ pub async fn repair(
     busy: &BTreeSet<String>,
 ) -> sqlx::Result<Round> {
     let mut tx = pool.begin().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(LOCK)
-        .fetch_one(&mut *tx)
-        .await?;
+    let locked = crate::db::try_advisory_xact_lock(&mut tx, LOCK).await?;
     if !locked {
         return Ok(Round::default());
     }

@@ -145,18 +145,18 @@ pub async fn rotate(
     let mut quiet_passes = 0;
     while quiet_passes < 2 {
         let mut sealed_in_pass = 0;
-        loop {
+        let remaining = loop {
             let applications = reseal_applications(pool, vault, &active, batch).await?;
             let dead_letters = reseal_dead_letters(pool, vault, &active, batch).await?;
             rotation.applications += applications;
             rotation.dead_letters += dead_letters;
             sealed_in_pass += applications + dead_letters;
-            progress(&left(pool, &active).await?);
+            let remaining = left(pool, &active).await?;
+            progress(&remaining);
             if applications + dead_letters == 0 {
-                break;
+                break remaining;
             }
-        }
-        let remaining = left(pool, &active).await?;
+        };
         quiet_passes = if sealed_in_pass == 0 && remaining == Left::default() {
             quiet_passes + 1
         } else {

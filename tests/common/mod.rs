@@ -54,6 +54,17 @@ pub struct TestApp {
     pub audit_key: ed25519_dalek::SigningKey,
 }
 
+/// Run options hosting every part but `left_out`.
+pub fn without(left_out: &[uidflow::system::Part]) -> RunOptions {
+    RunOptions {
+        parts: uidflow::system::Part::ALL
+            .into_iter()
+            .filter(|p| !left_out.contains(p))
+            .collect(),
+        ..RunOptions::default()
+    }
+}
+
 /// Tokens for tests: an operator and a clerk per example issuing service, with their names.
 pub fn test_tokens() -> (uidflow::api::auth::Tokens, HashMap<String, String>) {
     use uidflow::api::auth::{Role, TokenEntry, Tokens, digest};

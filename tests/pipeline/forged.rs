@@ -5,24 +5,11 @@
 //! registry, SMS, MVD calls), and that the genuine application still completes with exactly
 //! one working password.
 
-use std::collections::BTreeSet;
-
 use serde_json::{Value, json};
 use uidflow::route::{CONFIRM_PHONE, REGISTER, SEND_SMS, STEPS, VERIFY_IDENTITY};
 use uidflow::system::{Part, RunOptions};
 
-use crate::common::{Person, TestApp, test_tokens, wait_until};
-
-/// Every part but `left_out`.
-fn without(left_out: &[Part]) -> RunOptions {
-    RunOptions {
-        parts: Part::ALL
-            .into_iter()
-            .filter(|p| !left_out.contains(p))
-            .collect::<BTreeSet<_>>(),
-        ..RunOptions::default()
-    }
-}
+use crate::common::{Person, TestApp, test_tokens, wait_until, without};
 
 /// Replaces the running system with one hosting the parts of `options`.
 async fn restart(app: &mut TestApp, options: RunOptions) {

@@ -573,16 +573,8 @@ async fn a_subject_export_holds_the_persons_data_and_nobody_elses() {
 
 #[tokio::test]
 async fn a_payload_changed_in_the_database_fails_its_application_with_the_reason() {
-    use std::collections::BTreeSet as Set;
     use uidflow::system::Part;
-    let parts: Set<Part> = Part::ALL
-        .into_iter()
-        .filter(|p| *p != Part::VerifyIdentity)
-        .collect();
-    let options = RunOptions {
-        parts,
-        ..RunOptions::default()
-    };
+    let options = crate::common::without(&[Part::VerifyIdentity]);
     let app = TestApp::spawn_pipeline_with("10m", options).await;
     let application = Person::new(7_701).application("issue");
     let id = application["application_id"].as_str().unwrap().to_owned();

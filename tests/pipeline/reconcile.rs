@@ -28,14 +28,7 @@ async fn revivals(app: &TestApp, id: &str) -> Vec<String> {
 async fn work_items_purged_from_a_step_queue_are_listed_and_repaired() {
     // No verify-identity consumer yet: the work items wait in its queue. The periodic
     // reconciler is held off by a long grace; this test drives the rounds itself.
-    let parts: BTreeSet<Part> = Part::ALL
-        .into_iter()
-        .filter(|p| *p != Part::VerifyIdentity)
-        .collect();
-    let options = RunOptions {
-        parts,
-        ..RunOptions::default()
-    };
+    let options = crate::common::without(&[Part::VerifyIdentity]);
     let app = TestApp::spawn_pipeline_env("10m", options, &[("RECONCILE_GRACE", "1h")]).await;
     let people: Vec<Person> = (0..12).map(|n| Person::new(4100 + n)).collect();
     let ids = app.publish_issues(&people).await;
